@@ -26,7 +26,7 @@ FEATS = {
 ROWS = [
     ("sample_00001", "train", "happy", "1.5"),
     ("sample_00002", "train", "Sad", "-2"),
-    ("sample_00003", "train", "neutral", ""),
+    ("sample_00003", "train", "neutral", "0.25"),
     ("sample_00004", "test1", "angry", "0.5"),
     ("sample_00005", "test2", "worried", "-1"),
     ("sample_00006", "test3", "surprise", "-10"),
@@ -212,6 +212,10 @@ def _bad_valence(feats, labels):
     write_csv(labels, [("sample_00001", "train", "happy", "high")] + ROWS[1:])
 
 
+def _empty_valence(feats, labels):
+    write_csv(labels, [("sample_00001", "train", "happy", "")] + ROWS[1:])
+
+
 def _missing_folder(feats, labels):
     folder = feats / FEATS["text"][0]
     for p in folder.iterdir():
@@ -236,6 +240,7 @@ BAD = {
     "no train": (_no_train, r"split train is missing or empty"),
     "no split column": (_no_split_col, r"labels\.csv: missing column\(s\) split"),
     "bad valence": (_bad_valence, r"sample_00001.*valence 'high' is not a number"),
+    "empty valence": (_empty_valence, r"sample_00001.*valence is empty; a number is required in split train"),
     "missing folder": (_missing_folder, r"text feature folder Baichuan-13B-Base-UTT not found"),
     "unknown split": (_unknown_split, r"unknown split 'dev'"),
 }

@@ -55,12 +55,13 @@ def _emotion_index(emo, where: str) -> int:
 def _valence(value, split: str, where: str) -> float:
     if split in DISCRETE_ONLY_SPLITS:
         return float("nan")  # test3 has no valence (MERTools writes -10 there)
-    if value is None:
-        return float("nan")
     if isinstance(value, str):
         value = value.strip()
-        if value == "":
-            return float("nan")
+    if value is None or value == "":
+        raise InputError(
+            f"{where}: valence is empty; a number is required in split {split} "
+            "(only test3 has no valence)"
+        )
     try:
         v = float(value)
     except (TypeError, ValueError):
