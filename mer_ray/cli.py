@@ -118,6 +118,12 @@ def main(argv=None) -> int:
     except InputError as e:
         print(f"mer-ray: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # Output piped into e.g. `head` that closed early: not an error worth a traceback.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("mer-ray: interrupted", file=sys.stderr)
         return 130
