@@ -1,0 +1,184 @@
+import numpy as np
+import pytest
+import torch
+
+from mer_ray import model as M
+from mer_ray.constants import DEFAULT_FEATURES, MODALITIES
+from mer_ray.data.store import read_store, write_store
+from mer_ray.data.synth import generate
+from mer_ray.members import MASKS, PRED_SPLITS, mask_key, member_id
+from mer_ray.presets import RobustV3, TrainConfig
+from mer_ray.trainer import PackAdam, clip_per_member, draw_modality_mask, train_pack
+
+FEATURE_NAMES = {m: DEFAULT_FEATURES[m][0] for m in MODALITIES}
+DIMS = {"audio": 1024, "text": 5120, "video": 768}
+
+
+def make_store(path, scale):
+    names, split, emotion, valence, features = generate(seed=0, scale=scale)
+    write_store(path, names, split, emotion, valence, features, FEATURE_NAMES, source="synth")
+    return read_store(path)
+
+
+@pytest.fixture(scope="module")
+def small_store(tmp_path_factory):
+    return make_store(tmp_path_factory.mktemp("st") / "store", 0.05)
+
+
+def small_config(**kw):
+    base = dict(hidden_dim=16, epochs=3, batch_size=16, modality_dropout=0.2, warmup=1,
+                dropout=0.3, grad_clip=1.0, plateau_patience=0, early_stop_patience=None,
+                weight_decay=5e-5, lr=1e-3)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_model_param_count_and_shapes():
+    gens = [torch.Generator().manual_seed(i) for i in range(2)]
+    params = M.stack([M.init_member(DIMS, 128, g) for g in gens])
+    n = M.param_count(params)
+    assert 1.0e6 < n < 1.2e6, n
+    xs = [torch.randn(2, 5, DIMS[m]) for m in MODALITIES]
+    logits, val = M.forward(params, xs)
+    assert logits.shape == (2, 5, 6) and val.shape == (2, 5)
+    # member k of a pack == that member alone
+    alone = M.stack([M.init_member(DIMS, 128, torch.Generator().manual_seed(1))])
+    l1, v1 = M.forward(alone, [x[1:] for x in xs])
+    assert torch.allclose(l1[0], logits[1], atol=1e-5) and torch.allclose(v1[0], val[1], atol=1e-5)
+    # a zero mask removes a modality's influence entirely
+    mask = torch.ones(2, 5, 3)
+    mask[..., 1] = 0
+    xs2 = list(xs)
+    xs2[1] = torch.randn_like(xs[1])
+    a, _ = M.forward(params, xs, mask)
+    b, _ = M.forward(params, xs2, mask)
+    assert torch.allclose(a, b)
+
+
+def test_adam_matches_torch():
+    torch.manual_seed(0)
+    w0 = torch.randn(7, 5)
+    ref = torch.nn.Parameter(w0.clone())
+    topt = torch.optim.Adam([ref], lr=3e-3, weight_decay=1e-2)
+    packed = {"w": w0.clone().unsqueeze(0).requires_grad_(True)}
+    popt = PackAdam(packed, [3e-3], 1e-2)
+    for step in range(25):
+        g = torch.randn(7, 5)
+        ref.grad = g.clone()
+        topt.step()
+        packed["w"].grad = g.clone().unsqueeze(0)
+        popt.step()
+    assert torch.allclose(ref.detach(), packed["w"][0].detach(), atol=1e-6)
+
+
+def test_adam_inactive_member_untouched_and_clip():
+    packed = {"w": torch.ones(2, 3).requires_grad_(True)}
+    opt = PackAdam(packed, [1e-2, 1e-2], 0.0)
+    packed["w"].grad = torch.tensor([[3.0, 4.0, 0.0], [0.3, 0.4, 0.0]])
+    norms = clip_per_member(packed, 1.0)
+    assert torch.allclose(norms, torch.tensor([5.0, 0.5]))
+    assert torch.allclose(packed["w"].grad[0], torch.tensor([0.6, 0.8, 0.0]), atol=1e-5)
+    assert torch.allclose(packed["w"].grad[1], torch.tensor([0.3, 0.4, 0.0]))
+    opt.step(torch.tensor([True, False]))
+    assert torch.equal(packed["w"][1].detach(), torch.ones(3))
+    assert not torch.equal(packed["w"][0].detach(), torch.ones(3))
+    assert opt.step_count.tolist() == [1.0, 0.0]
+
+
+def test_modality_mask_rate_never_all_three():
+    g = torch.Generator().manual_seed(0)
+    mask = draw_modality_mask(g, 20000, 0.2)
+    assert (mask.sum(1) >= 1).all()
+    rate = 1 - mask.mean(0)
+    assert torch.all((rate > 0.18) & (rate < 0.21)), rate
+
+
+def test_warmup_no_modality_dropout_before(small_store, monkeypatch):
+    import mer_ray.trainer as T
+
+    seen = []
+    real_forward = M.forward
+
+    def spy(params, xs, modality_mask=None, dropout_masks=None):
+        if dropout_masks is not None:  # training step
+            seen.append(None if modality_mask is None else modality_mask.clone())
+        return real_forward(params, xs, modality_mask, dropout_masks)
+
+    monkeypatch.setattr(T.M, "forward", spy)
+    cfg = small_config(epochs=2, warmup=1, modality_dropout=0.3)
+    train_pack(small_store, cfg, [(0, 0)], log=lambda *a: None)
+    steps_per_epoch = len(seen) // 2
+    assert all(m is None for m in seen[:steps_per_epoch])
+    after = torch.cat([m[0] for m in seen[steps_per_epoch:]])
+    assert after.shape[0] > 0 and (after.sum(1) >= 1).all()
+    assert (after == 0).any()
+
+
+def test_pack_equivalence_and_determinism(small_store):
+    cfg = small_config()
+    quiet = lambda *a: None  # noqa: E731
+    specs = [(0, 0), (1, 0), (2, 3), (0, 1), (3, 2), (4, 0), (1, 1), (2, 2)]
+    pack = train_pack(small_store, cfg, specs, log=quiet)
+    alone = train_pack(small_store, cfg, [(2, 3)], log=quiet)[0]
+    again = train_pack(small_store, cfg, [(2, 3)], log=quiet)[0]
+    inpack = pack[2]
+    assert inpack.member_id == alone.member_id == member_id(cfg.to_dict(), 2, 3)
+    for s in PRED_SPLITS:
+        np.testing.assert_allclose(inpack.predictions[s].logits, alone.predictions[s].logits, atol=1e-4)
+        np.testing.assert_array_equal(again.predictions[s].logits, alone.predictions[s].logits)
+    assert inpack.best_epoch == alone.best_epoch
+    # result contract
+    for s in PRED_SPLITS:
+        p = alone.predictions[s]
+        assert p.logits.shape == (len(p.names), 6)
+        assert set(p.masked) == {mask_key(m) for m in MASKS}
+    assert len(alone.history) == 3 and {"epoch", "train_loss", "val_f1", "val_combined", "lr"} <= set(alone.history[0])
+    assert pack[0].member_id != pack[3].member_id
+
+
+def test_early_stop_not_before_warmup_plus_patience(small_store):
+    cfg = small_config(epochs=6, warmup=2, early_stop_patience=1, lr=0.0)
+    res = train_pack(small_store, cfg, [(0, 0), (1, 0)], log=lambda *a: None)
+    # lr 0: nothing improves after epoch 0; may stop at epoch index 2 (3 epochs run)
+    for r in res:
+        assert r.epochs_run == 3 and r.best_epoch == 0
+
+
+def test_robust_v3_learns(tmp_path):
+    store = make_store(tmp_path / "store", 0.1)
+    cfg = RobustV3().replace(epochs=15, warmup=5)
+    r = train_pack(store, cfg, [(0, 0)], log=lambda *a: None)[0]
+    from mer_ray.metrics import score
+
+    y = r.predictions["test1"].label
+    maj = np.zeros((len(y), 6))
+    maj[:, np.bincount(store.emotion[store.rows("train")]).argmax()] = 1
+    assert r.metrics["test1"]["f1"] > score(maj, y)["f1"] + 0.1
+
+
+def test_compaction_keeps_equivalence(small_store):
+    """Members stopping early leave the pack; the others' results do not change."""
+    cfg = small_config(epochs=10, warmup=0, early_stop_patience=1, lr=0.02, batch_size=8)
+    quiet = lambda *a: None  # noqa: E731
+    specs = [(0, 0), (3, 2), (1, 0)]
+    pack = train_pack(small_store, cfg, specs, log=quiet)
+    runs = [r.epochs_run for r in pack]
+    assert len(set(runs)) > 1 and max(runs) < 10, runs  # some stopped earlier than others
+    for i in (0, 1):
+        alone = train_pack(small_store, cfg, [specs[i]], log=quiet)[0]
+        assert alone.epochs_run == pack[i].epochs_run and alone.best_epoch == pack[i].best_epoch
+        for s in PRED_SPLITS:
+            np.testing.assert_allclose(pack[i].predictions[s].logits, alone.predictions[s].logits, atol=1e-4)
+
+
+def test_result_writes_and_reads_back(small_store, tmp_path):
+    from mer_ray.members import read_member, write_member
+
+    cfg = small_config(epochs=1)
+    r = train_pack(small_store, cfg, [(1, 2)], log=lambda *a: None)[0]
+    back = read_member(write_member(r, tmp_path / "run"))
+    assert back.member_id == r.member_id and back.best_epoch == 0 and back.epochs_run == 1
+    for s in PRED_SPLITS:
+        np.testing.assert_array_equal(back.predictions[s].logits, r.predictions[s].logits)
+        assert set(back.predictions[s].masked) == {mask_key(m) for m in MASKS}
+    assert set(r.metrics) == set(PRED_SPLITS) and "mse" not in r.metrics["test3"]
