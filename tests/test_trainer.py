@@ -182,3 +182,34 @@ def test_result_writes_and_reads_back(small_store, tmp_path):
         np.testing.assert_array_equal(back.predictions[s].logits, r.predictions[s].logits)
         assert set(back.predictions[s].masked) == {mask_key(m) for m in MASKS}
     assert set(r.metrics) == set(PRED_SPLITS) and "mse" not in r.metrics["test3"]
+
+
+def test_stalled_member_gets_lr_cut_and_stops_while_others_go_on(small_store, monkeypatch):
+    """One member's held-out metric stalls (its fold's score is pinned); the others keep
+    improving. In the same pack only the stalled one has its LR reduced and stops early."""
+    import mer_ray.trainer as T
+    from mer_ray.folds import make_folds
+    from mer_ray.metrics import score as real_score
+
+    train_rows = small_store.rows("train")
+    folds = make_folds(small_store.emotion[train_rows], 5, 0)
+    stalled_key = small_store.valence[train_rows[folds[0][1]]].tobytes()
+    calls = {}
+
+    def fake_score(logits, labels, valence_pred=None, valence_true=None):
+        out = real_score(logits, labels, valence_pred, valence_true)
+        if valence_true is None or len(valence_true) != len(folds[0][1]) or not out.get("mse"):
+            return out  # test-set scoring at the end: real metrics
+        key = np.asarray(valence_true).tobytes()
+        calls[key] = calls.get(key, 0) + 1
+        out["combined"] = 0.0 if key == stalled_key else calls[key] * 0.01  # stall vs improve
+        return out
+
+    monkeypatch.setattr(T, "score", fake_score)
+    cfg = small_config(epochs=12, warmup=0, plateau_patience=2, early_stop_patience=4, lr=1e-3)
+    stalled, other = train_pack(small_store, cfg, [(0, 0), (1, 0)], log=lambda *a: None)
+    lrs = [h["lr"] for h in stalled.history]
+    assert stalled.epochs_run == 5 and stalled.best_epoch == 0  # stops at warmup + patience
+    assert lrs[0] == 1e-3 and lrs[-1] == 5e-4, lrs  # cut once after 3 bad epochs
+    assert other.epochs_run == 12 and other.best_epoch == 11
+    assert {h["lr"] for h in other.history} == {1e-3}

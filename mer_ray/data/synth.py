@@ -10,7 +10,9 @@ The generative model (documented in docs/synthetic-data.md):
   dimension. Signal thus lives in a structured low-dimensional subspace, as in
   pretrained embeddings, not spread over every coordinate.
 * Signal strength differs by modality: audio strongest, then text, then video.
-* Valence = class mean valence + noise, clipped to MER2023's train range [-5, 4.25].
+* Valence = class mean valence + 0.7 x the sample's deviation along the first latent
+  axis (visible in every modality) + small unseen noise (sd 0.3), clipped to MER2023's
+  train range [-5, 4.25].
 * test2 (MER-NOISE): audio and video pulled toward noise with a random per-sample
   severity, text mildly degraded (ASR of noisy audio).
 * test3 uses its own class counts (the label prior shift) and has no valence.
@@ -38,7 +40,8 @@ NUISANCE = 8  # nuisance subspace (speaker, channel)
 STRENGTH = {"audio": 1.0, "text": 0.8, "video": 0.6}
 NOISE = 0.035
 # Class mean valence, in CLASSES order (neutral, angry, happy, sad, worried, surprise).
-CLASS_VALENCE = np.array([0.0, -2.2, 2.2, -2.4, -1.6, 0.9])
+CLASS_VALENCE = np.array([0.0, -2.0, 2.0, -2.2, -1.5, 0.8])
+VALENCE_AXIS = 0.7  # valence per unit of the first latent deviation
 
 
 def split_counts(scale: float) -> dict[str, list[int]]:
@@ -71,9 +74,12 @@ def generate(seed: int = 0, scale: float = 1.0):
 
     # Class means in the latent space: overlapping clusters.
     means = rng.standard_normal((len(CLASSES), LATENT)) * 0.55
-    z = means[emotion] + rng.standard_normal((n, LATENT))
+    deviation = rng.standard_normal((n, LATENT))
+    z = means[emotion] + deviation
     nuisance = rng.standard_normal((n, NUISANCE)) * 1.5
-    valence = CLASS_VALENCE[emotion] + rng.standard_normal(n) * 0.9
+    # Within a class, valence follows the sample's position along one latent axis, so the
+    # features carry it (as real audio/text features carry valence); a little is unseen.
+    valence = CLASS_VALENCE[emotion] + VALENCE_AXIS * deviation[:, 0] + rng.standard_normal(n) * 0.3
     valence = np.clip(valence, -5.0, 4.25).astype(np.float32)
     valence[split == "test3"] = np.nan
 
