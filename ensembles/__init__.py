@@ -1,9 +1,41 @@
 """ensembles: reads mer-ray member files and combines them (no torch, no Ray).
 
-The strategies, scoring and report are not built yet; today the package holds the
-contract it reads through (`mer_ray.members.read_member`, `list_member_files`).
+Modules, one job each:
+
+- `load`        load members of one or more runs, `--where` filter (`where`), refusals
+- `groups`      MERTools protocol: fold-average each (config, seed); `seed_table`
+- `strategies`  combine groups: mean, prob, weighted, greedy
+- `tables`      per-split scores and the MERTools-style table
+- `score`       `mer-ray ensemble score`: evaluation and its output files
+- `robustness`  masked-modality scores and feature shift
+- `report`      `mer-ray report`: PNGs + one HTML page (matplotlib, optional)
+- `cli`         `register(subparsers)` adds the commands to `mer-ray`
+
+The names below load on first use, so `import ensembles` (and `mer-ray --help`) stays
+light: neither torch nor Ray, and scikit-learn only when something is scored.
 """
 
 from mer_ray.members import list_member_files, read_member
 
-__all__ = ["list_member_files", "read_member"]
+_LAZY = {
+    "load_members": "ensembles.load",
+    "make_groups": "ensembles.groups",
+    "score_group": "ensembles.groups",
+    "seed_table": "ensembles.groups",
+    "combine": "ensembles.strategies",
+    "STRATEGIES": "ensembles.strategies",
+    "evaluate": "ensembles.score",
+    "score_runs": "ensembles.score",
+    "build_report": "ensembles.report",
+    "format_table": "ensembles.tables",
+}
+
+__all__ = ["list_member_files", "read_member", *_LAZY]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'ensembles' has no attribute {name!r}")

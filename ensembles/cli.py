@@ -1,0 +1,92 @@
+"""The `ensemble` and `report` commands of `mer-ray`.
+
+`register(subparsers)` adds them to the `mer-ray` argparse subparsers object; each
+handler is `func(args)` (set with set_defaults), like mer_ray/cli.py's. Only argparse
+is imported here, and the work is imported inside the handlers, so building the
+parser (and `mer-ray --help`) stays fast and loads neither torch nor Ray. Bad input
+raises mer_ray.errors.InputError, which `mer-ray` prints as one line with exit 2.
+"""
+
+from __future__ import annotations
+
+import sys
+
+STRATEGY_CHOICES = ("mean", "prob", "weighted", "greedy")
+
+
+def cmd_score(args):
+    from ensembles.score import score_runs
+
+    text, out = score_runs(args.runs, strategy=args.strategy, where=args.where, out=args.out)
+    print(text)
+    print(f"\nwrote scores.json, predictions.parquet, submission_test{{1,2,3}}.csv to {out}")
+
+
+def cmd_report(args):
+    from ensembles.report import build_report
+
+    text, out = build_report(args.run, out=args.out, store=args.store,
+                             strategy=args.strategy, where=args.where)
+    print(text)
+    print(f"\nwrote report.html and its figures to {out}")
+
+
+def _common(p):
+    p.add_argument("--strategy", choices=STRATEGY_CHOICES, default="mean",
+                   help="how groups are combined: mean of logits (default), prob (mean of "
+                   "probabilities), weighted (weights fitted on out-of-fold), greedy (Caruana "
+                   "forward selection on out-of-fold)")
+    p.add_argument("--where", default=None, metavar="EXPR",
+                   help="keep only members matching EXPR over config fields, seed and fold, "
+                   "e.g. \"warmup in (30,40) and seed != 2\"")
+
+
+def register(subparsers) -> None:
+    """Add `ensemble score` and `report` to the `mer-ray` subparsers object."""
+    e = subparsers.add_parser("ensemble", help="combine and score trained members",
+                              description="Combine the members of one or more runs.")
+    esub = e.add_subparsers(dest="ensemble_command", required=True)
+    s = esub.add_parser(
+        "score", help="score an ensemble; write scores, predictions, submission CSVs",
+        description="Fold-average each (config, seed) group (MERTools protocol), combine the "
+        "groups, and print cv/test1/test2/test3 F1, acc, MSE and combined for the ensemble, "
+        "the best single group and each warmup. Writes scores.json, predictions.parquet and "
+        "submission_test{1,2,3}.csv (name,discrete,valence) to --out.")
+    s.add_argument("runs", nargs="+", metavar="RUN", help="run folder(s) or URI(s)")
+    _common(s)
+    s.add_argument("--out", default=None,
+                   help="output folder (default RUN/ensemble; required with several runs)")
+    s.set_defaults(func=cmd_score)
+
+    r = subparsers.add_parser(
+        "report", help="figures and an HTML report of a run",
+        description="Confusion matrices, per-class F1, F1 against warmup, ensemble size "
+        "curve and robustness (masked modalities, feature shift) as PNGs and one "
+        "self-contained report.html. Needs matplotlib (pip install 'mer-ray[report]').")
+    r.add_argument("run", metavar="RUN", help="run folder or URI")
+    r.add_argument("--out", default=None, help="output folder (default RUN/report)")
+    r.add_argument("--store", default=None,
+                   help="feature store for the feature-shift table (default: RUN/run.json's)")
+    _common(r)
+    r.set_defaults(func=cmd_report)
+
+
+def main(argv=None) -> int:
+    """Stand-alone entry (`python -m ensembles.cli`), for use before mer-ray wires it in."""
+    import argparse
+
+    from mer_ray.errors import InputError
+
+    p = argparse.ArgumentParser(prog="mer-ray")
+    register(p.add_subparsers(dest="command", required=True))
+    args = p.parse_args(argv)
+    try:
+        args.func(args)
+    except InputError as e:
+        print(f"mer-ray: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

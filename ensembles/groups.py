@@ -1,0 +1,199 @@
+"""The MERTools protocol: fold members of one (config, seed) make one model.
+
+A group is every member sharing a config dict (all fields; the fold is not part of
+it) and a seed. Within a group:
+
+- test1/test2/test3: logits are the mean of the fold members' logits, valence the mean
+  of their predictions, aligned by sample name (MERTools averages its 5 fold models);
+- out-of-fold ("cv"): the fold members' held-out predictions concatenated, so each
+  train sample appears once, ordered by sample name. Should two members cover the same
+  sample (a duplicated fold) their predictions for it are averaged.
+
+A group missing folds (fewer distinct folds than config["n_folds"]) or holding a fold
+twice is still used, with a warning in `Group.warnings`: its test predictions average
+the members present, and its cv covers only their held-out samples.
+
+Entry point for the trainer CLI, to print "the fold-averaged members of each seed"::
+
+    from ensembles.groups import seed_table
+    print(seed_table(results))   # results: list[MemberResult], read or just trained
+
+`seed_table(members) -> str` groups the members, scores every group
+(`score_group`) and formats one MERTools-style table per group (`format_table`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mer_ray.errors import InputError
+from mer_ray.members import PRED_SPLITS, MemberResult, SplitPredictions
+
+from ensembles.tables import format_table, score_splits
+
+TEST_SPLITS = tuple(s for s in PRED_SPLITS if s != "oof")
+
+
+@dataclass
+class Group:
+    config: dict
+    seed: int
+    members: list[MemberResult]  # sorted by fold
+    predictions: dict[str, SplitPredictions]  # PRED_SPLITS -> fold-averaged predictions
+    label: str = ""
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def folds(self) -> list[int]:
+        return [m.fold for m in self.members]
+
+    @property
+    def warmup(self):
+        return self.config.get("warmup")
+
+    def where(self) -> str:
+        """A member file of the group, to name in messages."""
+        return str(self.members[0].path)
+
+
+def config_key(config: dict) -> str:
+    return json.dumps(config, sort_keys=True)
+
+
+def _mean_over_members(members, split) -> SplitPredictions:
+    """Average members' predictions of a test split, in the first member's sample order."""
+    ref = members[0].predictions[split]
+    order = ref.names
+    index = {n: i for i, n in enumerate(order)}
+    keys = set(ref.masked)
+    logits = np.zeros((len(order), ref.logits.shape[1]), np.float64)
+    valence = np.zeros(len(order), np.float64)
+    for m in members:
+        keys &= set(m.predictions[split].masked)
+    masked = {k: [np.zeros_like(logits), np.zeros_like(valence)] for k in keys}
+    for m in members:
+        p = m.predictions[split]
+        if len(p.names) != len(order) or set(p.names) != set(order):
+            raise InputError(
+                f"{m.path}: its {split} samples differ from those of {members[0].path}; "
+                "members of one group must predict the same test samples"
+            )
+        rows = np.array([index[n] for n in p.names])
+        logits[rows] += p.logits
+        valence[rows] += p.valence
+        for k in keys:
+            masked[k][0][rows] += p.masked[k][0]
+            masked[k][1][rows] += p.masked[k][1]
+    n = len(members)
+    return SplitPredictions(
+        names=np.asarray(order),
+        logits=logits / n,
+        valence=valence / n,
+        label=ref.label,
+        valence_label=ref.valence_label,
+        masked={k: (lv[0] / n, lv[1] / n) for k, lv in masked.items()},
+    )
+
+
+def _concat_oof(members) -> SplitPredictions:
+    """Concatenate held-out predictions; one row per sample name, sorted by name."""
+    parts = [m.predictions["oof"] for m in members]
+    names = np.concatenate([p.names for p in parts])
+    uniq, first, inverse = np.unique(names, return_index=True, return_inverse=True)
+    counts = np.bincount(inverse, minlength=len(uniq)).astype(np.float64)
+
+    def average(arrays):
+        x = np.concatenate(arrays).astype(np.float64)
+        out = np.zeros((len(uniq),) + x.shape[1:])
+        np.add.at(out, inverse, x)
+        return out / counts.reshape((-1,) + (1,) * (x.ndim - 1))
+
+    keys = set.intersection(*(set(p.masked) for p in parts))
+    return SplitPredictions(
+        names=uniq,
+        logits=average([p.logits for p in parts]),
+        valence=average([p.valence for p in parts]),
+        label=np.concatenate([p.label for p in parts])[first],
+        valence_label=np.concatenate([p.valence_label for p in parts])[first],
+        masked={k: (average([p.masked[k][0] for p in parts]),
+                    average([p.masked[k][1] for p in parts])) for k in keys},
+    )
+
+
+def _fold_warnings(label: str, config: dict, folds: list[int]) -> list[str]:
+    n_folds = int(config.get("n_folds", len(set(folds))))
+    dup = sorted(f for f, c in Counter(folds).items() if c > 1)
+    missing = sorted(set(range(n_folds)) - set(folds))
+    out = []
+    if missing:
+        out.append(
+            f"{label}: has {len(set(folds))} of {n_folds} folds (missing {missing}); its test "
+            "predictions average the folds present and its cv covers only their held-out samples"
+        )
+    if dup:
+        out.append(f"{label}: fold(s) {dup} appear more than once; their predictions are averaged")
+    return out
+
+
+def build_group(config: dict, seed: int, members: list[MemberResult], label: str = "") -> Group:
+    members = sorted(members, key=lambda m: (m.fold, str(m.path)))
+    label = label or f"{config.get('preset')} warmup={config.get('warmup')} seed={seed}"
+    preds = {"oof": _concat_oof(members)}
+    for split in TEST_SPLITS:
+        preds[split] = _mean_over_members(members, split)
+    return Group(config=config, seed=seed, members=members, predictions=preds, label=label,
+                 warnings=_fold_warnings(label, config, [m.fold for m in members]))
+
+
+def group_labels(keys: list[tuple[dict, int]]) -> list[str]:
+    """Readable labels: preset, warmup, any other config field that differs, seed."""
+    configs = [c for c, _ in keys]
+    fields = sorted({k for c in configs for k in c})
+    varying = [k for k in fields if k not in ("preset", "warmup")
+               and len({json.dumps(c.get(k)) for c in configs}) > 1]
+    labels = []
+    for c, seed in keys:
+        extra = "".join(f" {k}={c.get(k)}" for k in varying)
+        labels.append(f"{c.get('preset')} warmup={c.get('warmup')}{extra} seed={seed}")
+    return labels
+
+
+def make_groups(members: list[MemberResult]) -> list[Group]:
+    """Group members by (config, seed), in a stable order (preset, warmup, config, seed)."""
+    by_key: dict[tuple[str, int], list[MemberResult]] = {}
+    for m in members:
+        by_key.setdefault((config_key(m.config), int(m.seed)), []).append(m)
+
+    def order(key):
+        c = by_key[key][0].config
+        return (str(c.get("preset")), json.dumps(c.get("warmup")), key[0], key[1])
+
+    keys = sorted(by_key, key=order)
+    labels = group_labels([(by_key[k][0].config, k[1]) for k in keys])
+    return [build_group(by_key[k][0].config, k[1], by_key[k], label)
+            for k, label in zip(keys, labels)]
+
+
+def score_group(group: Group) -> dict:
+    """{row: metrics} for cv/test1/test2/test3 (test3 discrete only)."""
+    return score_splits(group.predictions)
+
+
+def cv_combined(scores: dict) -> float:
+    """The ranking key: cv combined (F1 - 0.25 MSE), or cv F1 without valence labels."""
+    cv = scores.get("cv", {})
+    return cv.get("combined", cv.get("f1", float("-inf")))
+
+
+def seed_table(members: list[MemberResult]) -> str:
+    """One MERTools table per (config, seed) group of fold-averaged members, with warnings."""
+    blocks = []
+    for g in make_groups(members):
+        title = f"{g.label}: {len(g.members)} fold member(s), folds {g.folds}"
+        text = format_table(score_group(g), title)
+        blocks.append("\n".join([text] + [f"warning: {w}" for w in g.warnings]))
+    return "\n\n".join(blocks)

@@ -1,0 +1,208 @@
+"""`mer-ray ensemble score`: score an ensemble of runs and write its outputs.
+
+`evaluate(members, strategy)` builds the groups (`ensembles.groups`), the ensemble of
+all of them, the best single group (highest cv combined; the first on a tie) and one
+ensemble per warmup (the groups with that warmup, same strategy). `score_runs` adds
+loading and writing: into --out (default RUN/ensemble for one run)
+
+    scores.json            every score, the weights, the groups, notes and warnings
+    predictions.parquet    per sample: split (oof, test1..3), name, label,
+                           valence_label, logits, probabilities, predicted,
+                           predicted_class, valence
+    submission_test1.csv   MER2023 submission, header name,discrete,valence
+    submission_test2.csv   (discrete = class name in the members' class order,
+    submission_test3.csv    valence = the ensemble's prediction, test3 included)
+
+Everything is computed and rendered before the first byte is written, and the folder
+is written via a temporary one (`ensembles.output`), so a refusal leaves --out as it was.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mer_ray.errors import InputError
+from mer_ray.members import MemberResult
+
+from ensembles.groups import TEST_SPLITS, Group, cv_combined, make_groups, score_group
+from ensembles.load import load_members
+from ensembles.output import check_out, write_outputs
+from ensembles.strategies import Ensemble, combine, softmax
+from ensembles.tables import format_table, score_splits
+
+ENSEMBLE_DIR = "ensemble"
+
+
+@dataclass
+class Evaluation:
+    strategy: str
+    members: list[MemberResult]
+    groups: list[Group]
+    group_scores: list[dict]
+    ensemble: Ensemble
+    scores: dict
+    best: int  # index into groups
+    warmups: dict = field(default_factory=dict)  # warmup -> (Ensemble, scores)
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.members[0].classes)
+
+    @property
+    def warnings(self) -> list[str]:
+        return [w for g in self.groups for w in g.warnings]
+
+
+def evaluate(members: list[MemberResult], strategy: str = "mean") -> Evaluation:
+    groups = make_groups(members)
+    ensemble = combine(groups, strategy)
+    group_scores = [score_group(g) for g in groups]
+    ranks = [cv_combined(s) for s in group_scores]
+    best = int(np.argmax(ranks))  # first of equals
+    warmups = {}
+    for w in sorted({json.dumps(g.warmup) for g in groups}, key=_warmup_order):
+        subset = [g for g in groups if json.dumps(g.warmup) == w]
+        e = combine(subset, strategy)
+        warmups[json.loads(w)] = (e, score_splits(e.predictions))
+    return Evaluation(strategy, members, groups, group_scores, ensemble,
+                      score_splits(ensemble.predictions), best, warmups)
+
+
+def _warmup_order(w: str):
+    v = json.loads(w)
+    return (0, v, "") if isinstance(v, (int, float)) else (1, 0, str(v))
+
+
+def format_evaluation(ev: Evaluation) -> str:
+    g = ev.groups
+    blocks = [
+        format_table(ev.scores, f"ensemble ({ev.strategy}, {len(g)} group(s) of "
+                                f"{len(ev.members)} member(s))"),
+        format_table(ev.group_scores[ev.best], f"best single group (by cv combined): "
+                                               f"{g[ev.best].label}"),
+    ]
+    for w, (e, s) in ev.warmups.items():
+        blocks.append(format_table(s, f"warmup {w} ({ev.strategy}, {len(e.groups)} group(s))"))
+    if ev.strategy in ("weighted", "greedy"):
+        lines = [f"{ev.strategy} weights:"] + [
+            f"  {w:.3f}  {label}" for label, w in ev.ensemble.weight_by_label().items() if w >= 5e-4
+        ]
+        blocks.append("\n".join(lines))
+    notes = [f"note: {n}" for n in ev.ensemble.notes] + [f"warning: {w}" for w in ev.warnings]
+    if notes:
+        blocks.append("\n".join(notes))
+    return "\n\n".join(blocks)
+
+
+def scores_json(ev: Evaluation, runs: list[str], where: str | None) -> dict:
+    weights = ev.ensemble.weights
+    best = ev.groups[ev.best]
+    return {
+        "format": "mer-ray-ensemble/1",
+        "strategy": ev.strategy,
+        "runs": runs,
+        "where": where,
+        "classes": ev.classes,
+        "store_content_hash": ev.members[0].store.get("content_hash"),
+        "n_members": len(ev.members),
+        "ensemble": {"scores": ev.scores, "weights": ev.ensemble.weight_by_label()},
+        "best_single": {"label": best.label, "config": best.config, "seed": best.seed,
+                        "scores": ev.group_scores[ev.best]},
+        "warmups": {str(w): {"n_groups": len(e.groups), "scores": s,
+                             "weights": e.weight_by_label()}
+                    for w, (e, s) in ev.warmups.items()},
+        "groups": [{"label": g.label, "config": g.config, "seed": g.seed, "folds": g.folds,
+                    "member_ids": [m.member_id for m in g.members], "scores": s,
+                    "weight": float(w)}
+                   for g, s, w in zip(ev.groups, ev.group_scores, weights)],
+        "notes": ev.ensemble.notes,
+        "warnings": ev.warnings,
+    }
+
+
+def predictions_table(ensemble: Ensemble, classes: list[str]) -> pa.Table:
+    cols = {k: [] for k in ("split", "name", "label", "valence_label", "logits",
+                            "probabilities", "predicted", "valence")}
+    for split in ("oof",) + TEST_SPLITS:
+        p = ensemble.predictions[split]
+        cols["split"] += [split] * len(p.names)
+        cols["name"] += list(map(str, p.names))
+        cols["label"].append(np.asarray(p.label, np.int8))
+        cols["valence_label"].append(np.asarray(p.valence_label, np.float32))
+        cols["logits"].append(np.asarray(p.logits, np.float32))
+        cols["probabilities"].append(softmax(p.logits).astype(np.float32))
+        cols["predicted"].append(np.asarray(p.logits).argmax(axis=1).astype(np.int8))
+        cols["valence"].append(np.asarray(p.valence, np.float32))
+    n_classes = len(classes)
+
+    def fsl(parts):
+        return pa.FixedSizeListArray.from_arrays(pa.array(np.concatenate(parts).reshape(-1)),
+                                                 n_classes)
+
+    predicted = np.concatenate(cols["predicted"])
+    vl = np.concatenate(cols["valence_label"])
+    table = pa.table({
+        "split": pa.array(cols["split"], pa.string()),
+        "name": pa.array(cols["name"], pa.string()),
+        "label": pa.array(np.concatenate(cols["label"])),
+        "valence_label": pa.array(vl, mask=np.isnan(vl)),
+        "logits": fsl(cols["logits"]),
+        "probabilities": fsl(cols["probabilities"]),
+        "predicted": pa.array(predicted),
+        "predicted_class": pa.array([classes[i] for i in predicted], pa.string()),
+        "valence": pa.array(np.concatenate(cols["valence"])),
+    })
+    meta = {"strategy": ensemble.strategy, "classes": classes}
+    return table.replace_schema_metadata({b"mer_ray.ensemble": json.dumps(meta).encode()})
+
+
+def submission_csv(pred, classes: list[str]) -> bytes:
+    """MER2023 submission: name,discrete,valence, one row per test sample."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["name", "discrete", "valence"])
+    for name, k, v in zip(pred.names, np.asarray(pred.logits).argmax(axis=1), pred.valence):
+        w.writerow([str(name), classes[int(k)], f"{float(v):.6f}"])
+    return buf.getvalue().encode()
+
+
+def render_outputs(ev: Evaluation, runs: list[str], where: str | None) -> dict[str, bytes]:
+    sink = pa.BufferOutputStream()
+    pq.write_table(predictions_table(ev.ensemble, ev.classes), sink, compression="zstd")
+    files = {
+        "scores.json": (json.dumps(scores_json(ev, runs, where), indent=1) + "\n").encode(),
+        "predictions.parquet": sink.getvalue().to_pybytes(),
+    }
+    for split in TEST_SPLITS:
+        files[f"submission_{split}.csv"] = submission_csv(ev.ensemble.predictions[split],
+                                                          ev.classes)
+    return files
+
+
+def default_out(runs: list[str], out: str | None, sub: str) -> str:
+    """--out, or RUN/<sub> for a single run; several runs need an explicit --out."""
+    if out:
+        return out
+    if len(runs) != 1:
+        raise InputError(f"{len(runs)} runs given: pass --out DIR to say where the "
+                         "combined results go")
+    return f"{runs[0].rstrip('/')}/{sub}"
+
+
+def score_runs(runs, strategy: str = "mean", where: str | None = None,
+               out: str | None = None) -> tuple[str, str]:
+    """Load, score and write; returns (printed text, output folder)."""
+    runs = [str(r) for r in ([runs] if isinstance(runs, str) else runs)]
+    out = default_out(runs, out, ENSEMBLE_DIR)
+    check_out(out)
+    ev = evaluate(load_members(runs, where), strategy)
+    files = render_outputs(ev, runs, where)
+    written = write_outputs(out, files)
+    return format_evaluation(ev), written

@@ -1,0 +1,218 @@
+"""Combining groups (fold-averaged (config, seed) models) into one ensemble.
+
+Strategies (each gives one non-negative weight per group, summing to 1):
+
+- `mean` (default): uniform weights; ensemble logits = mean of the groups' logits.
+- `prob`: uniform weights over softmax probabilities; the reported logits are the
+  log of the mean probability (so argmax and softmax still mean what they should).
+- `weighted`: weights fitted on the groups' out-of-fold predictions by minimising the
+  cross-entropy of the weighted mean of logits, with exponentiated gradient on the
+  simplex (`WEIGHTED_STEPS` steps; the loss is convex in the weights).
+- `greedy`: Caruana et al. (2004) forward selection with replacement on the
+  out-of-fold predictions: start from an empty bag, each round add the group whose
+  addition gives the highest oof combined metric (F1 - 0.25 MSE) of the bag's mean
+  logits, stop after `GREEDY_ROUNDS` rounds or when no group improves it; ties go to
+  the earlier group (groups are in `make_groups` order). Weights = times chosen / bag size.
+
+Valence is always the same weighted mean of the groups' valence predictions. The cv
+row of an ensemble is its oof predictions combined with the same weights over the
+train samples every group has a held-out prediction for. For `weighted` and
+`greedy` the weights were fitted on those same oof predictions, so their cv is
+optimistic; test1/test2/test3 are the honest estimates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mer_ray.errors import InputError
+from mer_ray.members import SplitPredictions
+
+from ensembles.groups import TEST_SPLITS, Group
+
+STRATEGIES = ("mean", "prob", "weighted", "greedy")
+WEIGHTED_STEPS = 300
+GREEDY_ROUNDS = 50
+
+
+@dataclass
+class Ensemble:
+    strategy: str
+    groups: list[Group]
+    weights: np.ndarray  # [G], >= 0, sums to 1
+    predictions: dict[str, SplitPredictions]  # "oof" (common train samples) + test splits
+    notes: list[str] = field(default_factory=list)
+
+    def weight_by_label(self) -> dict[str, float]:
+        return {g.label: float(w) for g, w in zip(self.groups, self.weights)}
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    z = np.asarray(z, np.float64)
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _take(p: SplitPredictions, rows: np.ndarray) -> SplitPredictions:
+    return SplitPredictions(
+        names=p.names[rows], logits=p.logits[rows], valence=p.valence[rows],
+        label=p.label[rows], valence_label=p.valence_label[rows],
+        masked={k: (lg[rows], va[rows]) for k, (lg, va) in p.masked.items()},
+    )
+
+
+def align(groups: list[Group]) -> tuple[dict[str, list[SplitPredictions]], list[str]]:
+    """Each split's predictions of every group on the same samples in the same order.
+
+    Test splits must hold the same samples in every group (else InputError naming a
+    file); out-of-fold uses the train samples present in every group."""
+    notes = []
+    out = {}
+    common = groups[0].predictions["oof"].names
+    for g in groups[1:]:
+        common = np.intersect1d(common, g.predictions["oof"].names)
+    union = np.unique(np.concatenate([g.predictions["oof"].names for g in groups]))
+    if len(common) == 0:
+        raise InputError(
+            f"{groups[0].where()}: the groups share no out-of-fold sample, so no cv can be "
+            "computed; were they trained on different stores or folds?"
+        )
+    if len(common) < len(union):
+        notes.append(f"cv uses the {len(common)} of {len(union)} train samples that every "
+                     "group has an out-of-fold prediction for")
+    # Each group's oof is sorted by name, so searchsorted finds the common rows.
+    out["oof"] = [_take(g.predictions["oof"], np.searchsorted(g.predictions["oof"].names, common))
+                  for g in groups]
+    for split in TEST_SPLITS:
+        ref = groups[0].predictions[split].names
+        index = {n: i for i, n in enumerate(ref)}
+        parts = []
+        for g in groups:
+            p = g.predictions[split]
+            if len(p.names) != len(ref) or set(p.names) != set(ref):
+                raise InputError(
+                    f"{g.where()}: its {split} samples differ from those of {groups[0].where()}; "
+                    "an ensemble needs every member to predict the same test samples"
+                )
+            order = np.empty(len(ref), np.int64)
+            order[[index[n] for n in p.names]] = np.arange(len(ref))
+            parts.append(_take(p, order))
+        out[split] = parts
+    return out, notes
+
+
+def _mix_logits(logit_list, weights, kind: str) -> np.ndarray:
+    if kind == "prob":
+        prob = sum(w * softmax(lg) for w, lg in zip(weights, logit_list))
+        return np.log(np.clip(prob, 1e-12, None))
+    return sum(w * np.asarray(lg, np.float64) for w, lg in zip(weights, logit_list))
+
+
+def mix(parts: list[SplitPredictions], weights, kind: str = "logits") -> SplitPredictions:
+    """Weighted combination of aligned predictions (masked ones too, same weights)."""
+    ref = parts[0]
+    keys = set.intersection(*(set(p.masked) for p in parts))
+    return SplitPredictions(
+        names=ref.names,
+        logits=_mix_logits([p.logits for p in parts], weights, kind),
+        valence=sum(w * np.asarray(p.valence, np.float64) for w, p in zip(weights, parts)),
+        label=ref.label,
+        valence_label=ref.valence_label,
+        masked={k: (_mix_logits([p.masked[k][0] for p in parts], weights, kind),
+                    sum(w * np.asarray(p.masked[k][1], np.float64)
+                        for w, p in zip(weights, parts)))
+                for k in sorted(keys)},
+    )
+
+
+def fit_weighted(oof: list[SplitPredictions], steps: int = WEIGHTED_STEPS) -> np.ndarray:
+    """Simplex weights minimising the cross-entropy of the weighted mean of oof logits.
+
+    Exponentiated gradient: w <- w * exp(-eta_t * g / max|g|), renormalised. Scaling by
+    max|g| makes the step independent of the logits' scale; eta_t = 1/sqrt(t+1) lets it
+    settle. The best weights seen are returned (the normalised steps are not monotone)."""
+    logits = np.stack([np.asarray(p.logits, np.float64) for p in oof])  # [G, n, C]
+    y = np.asarray(oof[0].label)
+    n_groups, n = logits.shape[:2]
+    onehot = np.zeros(logits.shape[1:])
+    onehot[np.arange(n), y] = 1.0
+    w = np.full(n_groups, 1.0 / n_groups)
+    best_w, best_loss = w.copy(), np.inf
+    for t in range(steps):
+        z = np.tensordot(w, logits, axes=1)
+        zmax = z.max(axis=1, keepdims=True)
+        log_norm = zmax[:, 0] + np.log(np.exp(z - zmax).sum(axis=1))
+        loss = float(np.mean(log_norm - z[np.arange(n), y]))
+        if loss < best_loss:
+            best_w, best_loss = w.copy(), loss
+        p = np.exp(z - log_norm[:, None])
+        g = np.einsum("gnc,nc->g", logits, p - onehot) / n
+        scale = np.abs(g).max()
+        if scale == 0:
+            break
+        w = w * np.exp(-(g / scale) / np.sqrt(t + 1))
+        w /= w.sum()
+    return best_w
+
+
+def _weighted_f1(pred: np.ndarray, y: np.ndarray, n_classes: int) -> float:
+    """sklearn's weighted F1 from a confusion matrix, fast enough for the greedy loop."""
+    cm = np.bincount(y * n_classes + pred, minlength=n_classes * n_classes)
+    cm = cm.reshape(n_classes, n_classes).astype(np.float64)
+    tp = np.diag(cm)
+    support = cm.sum(axis=1)
+    denom = cm.sum(axis=0) + support  # 2tp + fp + fn
+    f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
+    return float((f1 * support).sum() / support.sum())
+
+
+def _oof_objective(logits, valence, y, valence_true) -> float:
+    f1 = _weighted_f1(logits.argmax(axis=1), y, logits.shape[1])
+    if np.isnan(valence_true).any():
+        return f1
+    return f1 - 0.25 * float(np.mean((valence - valence_true) ** 2))
+
+
+def fit_greedy(oof: list[SplitPredictions], rounds: int = GREEDY_ROUNDS) -> np.ndarray:
+    """Caruana forward selection with replacement; returns times-chosen / bag size."""
+    logits = np.stack([np.asarray(p.logits, np.float64) for p in oof])
+    valence = np.stack([np.asarray(p.valence, np.float64) for p in oof])
+    y = np.asarray(oof[0].label, np.int64)
+    vt = np.asarray(oof[0].valence_label, np.float64)
+    counts = np.zeros(len(oof), np.int64)
+    sum_l, sum_v = np.zeros_like(logits[0]), np.zeros_like(valence[0])
+    current = -np.inf
+    for k in range(1, rounds + 1):
+        trial = [_oof_objective((sum_l + logits[i]) / k, (sum_v + valence[i]) / k, y, vt)
+                 for i in range(len(oof))]
+        best = int(np.argmax(trial))  # first of equal scores: deterministic tie-break
+        if trial[best] <= current:
+            break
+        current = trial[best]
+        counts[best] += 1
+        sum_l += logits[best]
+        sum_v += valence[best]
+    return counts / counts.sum()
+
+
+def combine(groups: list[Group], strategy: str = "mean") -> Ensemble:
+    """Weights per group and the combined predictions of every split."""
+    if strategy not in STRATEGIES:
+        raise InputError(f"--strategy {strategy!r}: choose one of {', '.join(STRATEGIES)}")
+    if not groups:
+        raise InputError("no group to combine")
+    parts, notes = align(groups)
+    if strategy == "weighted" and len(groups) > 1:
+        weights = fit_weighted(parts["oof"])
+    elif strategy == "greedy" and len(groups) > 1:
+        weights = fit_greedy(parts["oof"])
+    else:
+        weights = np.full(len(groups), 1.0 / len(groups))
+    if strategy in ("weighted", "greedy"):
+        notes.append(f"{strategy} weights are fitted on the out-of-fold predictions, so the "
+                     "cv row is optimistic; judge it by test1/test2/test3")
+    kind = "prob" if strategy == "prob" else "logits"
+    predictions = {split: mix(p, weights, kind) for split, p in parts.items()}
+    return Ensemble(strategy, list(groups), weights, predictions, notes)
