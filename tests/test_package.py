@@ -3,7 +3,8 @@ import sys
 
 
 def test_import_is_light():
-    code = ("import sys, mer_ray, ensembles, mer_ray.data, mer_ray.members, mer_ray.presets;"
+    code = ("import sys, mer_ray, ensembles, mer_ray.data, mer_ray.members, mer_ray.presets,"
+            "mer_ray.cli, mer_ray.run, ensembles.score, ensembles.report, ensembles.cli;"
             "bad=[m for m in ('torch','ray') if m in sys.modules]; print(bad); sys.exit(bool(bad))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -11,7 +12,26 @@ def test_import_is_light():
 
 def test_cli_help_each_command():
     for args in ([], ["data"], ["data", "synth"], ["data", "import"], ["data", "summary"],
-                 ["demo"]):
+                 ["demo"], ["train"], ["tune"], ["ensemble"], ["ensemble", "score"], ["report"],
+                 ):
         r = subprocess.run([sys.executable, "-m", "mer_ray.cli", *args, "--help"],
                            capture_output=True, text=True)
         assert r.returncode == 0 and "usage: mer-ray" in r.stdout, (args, r.stderr)
+
+
+def test_cli_bad_recipe_input_exits_2_without_traceback(tmp_path):
+    for args, needle in (
+        (["train", "--store", str(tmp_path / "nope"), "--out", str(tmp_path / "r"), "--no-ray"],
+         "not a feature store"),
+        (["train", "--preset", "robust_v9", "--store", "x", "--out", "r", "--no-ray"],
+         "unknown preset"),
+        (["tune", "--store", "x", "--out", "r", "--set", "dropout=high", "--no-ray"],
+         "dropout='high'"),
+        (["tune", "--store", "x", "--out", "r", "--grid", "dropout", "--no-ray"],
+         "expected FIELD=V1,V2"),
+    ):
+        r = subprocess.run([sys.executable, "-m", "mer_ray.cli", *args], capture_output=True,
+                           text=True, cwd=tmp_path)
+        assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr, (
+            args, r.stderr)
+        assert not (tmp_path / "r").exists()

@@ -1,0 +1,85 @@
+"""A real Ray head on 127.0.0.1 (token auth on), `ray job submit` of a small tune through
+the CLI, the job followed to SUCCEEDED through the dashboard's job API, `ray stop`."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+from mer_ray.members import existing_member_ids
+from raytools import set_args, tiny_store
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture()
+def head(tmp_path):
+    """`ray start --head` with its own token (never the user's ~/.ray), stopped after."""
+    token = uuid.uuid4().hex
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
+    env.pop("RAY_ADDRESS", None)
+    port, dash = free_port(), free_port()
+    temp = Path(tempfile.mkdtemp(prefix="mr-", dir="/tmp"))  # socket paths must be short
+    start = subprocess.run(
+        [str(BIN / "ray"), "start", "--head", "--port", str(port), "--dashboard-host",
+         "127.0.0.1", "--dashboard-port", str(dash), "--num-cpus", "2",
+         "--temp-dir", str(temp), "--disable-usage-stats"],
+        env=env, capture_output=True, text=True, timeout=180)
+    assert start.returncode == 0, start.stdout + start.stderr
+    try:
+        yield {"env": env, "token": token, "url": f"http://127.0.0.1:{dash}"}
+    finally:
+        subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True,
+                       timeout=120)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def job_api(head, path):
+    req = urllib.request.Request(head["url"] + path,
+                                 headers={"Authorization": f"Bearer {head['token']}"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())
+
+
+def test_job_submit_tune_succeeds(head, tmp_path):
+    store = tiny_store(tmp_path / "store")
+    run = tmp_path / "run"
+    # the dashboard refuses a request without the token
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(head["url"] + "/api/jobs/", timeout=10)
+    assert e.value.code in (401, 403)
+    job_id = f"mer-ray-test-{uuid.uuid4().hex[:8]}"
+    sub = subprocess.run(
+        [str(BIN / "ray"), "job", "submit", "--address", head["url"], "--no-wait",
+         "--submission-id", job_id,
+         "--working-dir", str(ROOT), "--runtime-env", str(ROOT / "cluster" / "runtime_env.yaml"),
+         "--", sys.executable, "-m", "mer_ray.cli", "tune", "--store", store, "--out", str(run),
+         "--warmup", "0", "1", "--seeds", "0", *set_args(), "--pack-size", "5"],
+        env=head["env"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert sub.returncode == 0, sub.stdout + sub.stderr
+    deadline, status = time.time() + 400, None
+    while time.time() < deadline:
+        status = job_api(head, f"/api/jobs/{job_id}")["status"]
+        if status in ("SUCCEEDED", "FAILED", "STOPPED"):
+            break
+        time.sleep(2)
+    logs = job_api(head, f"/api/jobs/{job_id}/logs")["logs"]
+    assert status == "SUCCEEDED", logs[-3000:]
+    assert len(existing_member_ids(run)) == 10  # 2 warmups x 5 folds
+    assert "joined the Ray cluster" in logs and "warmup=1" in logs
