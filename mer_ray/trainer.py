@@ -42,9 +42,11 @@ PLATEAU_THRESHOLD = 1e-4  # torch ReduceLROnPlateau default (rel)
 EVAL_CHUNK = 1024
 
 
-def member_generator(seed: int, fold: int) -> torch.Generator:
-    digest = hashlib.sha256(f"mer-ray/{int(seed)}/{int(fold)}".encode()).digest()
-    g = torch.Generator()
+def member_generator(seed: int, fold: int, device="cpu", stream: str = "") -> torch.Generator:
+    """The member's own random stream (on `device`): its result never depends on who
+    else shares the pack."""
+    digest = hashlib.sha256(f"mer-ray/{int(seed)}/{int(fold)}{stream}".encode()).digest()
+    g = torch.Generator(device=device)
     g.manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
     return g
 
@@ -146,10 +148,13 @@ def keep_freed_memory():
 
 # ---------------------------------------------------------------- per-member state
 class _Member:
-    def __init__(self, fold, seed, train_idx, val_idx, config, generator):
+    def __init__(self, fold, seed, train_idx, val_idx, config, device):
         self.fold, self.seed = fold, seed
         self.train_idx, self.val_idx = train_idx, val_idx
-        self.g = generator
+        # init and shuffles on the CPU; dropout masks where the model runs, so a GPU
+        # step needs no host-to-device copy (on CPU both are the same stream)
+        self.g = member_generator(seed, fold)
+        self.mask_g = self.g if device.type == "cpu" else member_generator(seed, fold, device, "/masks")
         self.lr = config.lr
         self.best = -math.inf
         self.best_epoch = -1
@@ -162,10 +167,10 @@ class _Member:
 
 
 def draw_modality_mask(g: torch.Generator, b: int, p: float) -> torch.Tensor:
-    """[b, 3] keep-multipliers: each modality dropped with prob p, never all three
-    (where all three fall, one chosen uniformly is kept). Always draws the same amount."""
-    drop = torch.rand(b, 3, generator=g) < p
-    keep_one = torch.randint(0, 3, (b,), generator=g)
+    """[b, 3] keep-multipliers on g's device: each modality dropped with prob p, never all
+    three (where all three fall, one chosen uniformly is kept). Always draws the same amount."""
+    drop = torch.rand(b, 3, generator=g, device=g.device) < p
+    keep_one = torch.randint(0, 3, (b,), generator=g, device=g.device)
     all3 = drop.all(1)
     drop[all3, keep_one[all3]] = False
     return (~drop).float()
@@ -243,7 +248,7 @@ def train_pack(store, config, specs, device: str = "cpu", log=print) -> list[Mem
     for fold, seed in specs:
         tr, va = folds[fold]
         members.append(
-            _Member(fold, seed, train_rows[tr], train_rows[va], config, member_generator(seed, fold))
+            _Member(fold, seed, train_rows[tr], train_rows[va], config, device)
         )
     params = M.stack([M.init_member(dims, config.hidden_dim, m.g) for m in members])
     params = {n: p.to(device).requires_grad_(True) for n, p in params.items()}
@@ -261,24 +266,24 @@ def train_pack(store, config, specs, device: str = "cpu", log=print) -> list[Mem
         mod_drop = config.modality_dropout > 0 and epoch >= config.warmup
         # Reused per step: one uniform draw per (member, row, input unit).
         shapes = [(k, bs, dims[mod]) for mod in MODALITIES] + [(k, bs, 3 * config.hidden_dim)]
-        uniform = [torch.empty(sh) for sh in shapes] if p_drop > 0 else []
+        uniform = [torch.empty(sh, device=device) for sh in shapes] if p_drop > 0 else []
         loss_sum = torch.zeros(k, device=device)
         for s in range(steps):
-            mmask = torch.ones(k, bs, 3) if mod_drop else None
+            mmask = torch.ones(k, bs, 3, device=device) if mod_drop else None
             for i, m in enumerate(live):
                 if not active[s, i]:  # a member with no rows left draws nothing
                     continue
                 for u in uniform:
-                    torch.rand(u.shape[1:], generator=m.g, out=u[i])
+                    torch.rand(u.shape[1:], generator=m.mask_g, out=u[i])
                 if mod_drop:
-                    mmask[i] = draw_modality_mask(m.g, bs, config.modality_dropout)
+                    mmask[i] = draw_modality_mask(m.mask_g, bs, config.modality_dropout)
             if uniform:
-                dm = [(u >= p_drop).float().mul_(1 / (1 - p_drop)).to(device) for u in uniform]
+                dm = [(u >= p_drop).float().mul_(1 / (1 - p_drop)) for u in uniform]
             else:
                 dm = [None] * 4
             t = idx[s]
             xs = [feats[mod][t] for mod in MODALITIES]
-            logits, vpred = M.forward(params, xs, None if mmask is None else mmask.to(device), dm)
+            logits, vpred = M.forward(params, xs, mmask, dm)
             w = weight[s]
             y, v, hv = emotion[t], valence[t], has_val[t].float() * w
             ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="none")
