@@ -64,11 +64,22 @@ def config_key(config: dict) -> str:
     return json.dumps(config, sort_keys=True)
 
 
+def rows_in(ref_names, names, split: str, where, ref_where) -> np.ndarray:
+    """Row of each of `names` in `ref_names`; the two must hold the same test samples
+    (else an InputError naming both files)."""
+    if len(names) != len(ref_names) or set(names) != set(ref_names):
+        raise InputError(
+            f"{where}: its {split} samples differ from those of {ref_where}; members "
+            "combined together must predict the same test samples"
+        )
+    index = {n: i for i, n in enumerate(ref_names)}
+    return np.array([index[n] for n in names], dtype=np.int64)
+
+
 def _mean_over_members(members, split) -> SplitPredictions:
     """Average members' predictions of a test split, in the first member's sample order."""
     ref = members[0].predictions[split]
     order = ref.names
-    index = {n: i for i, n in enumerate(order)}
     keys = set(ref.masked)
     logits = np.zeros((len(order), ref.logits.shape[1]), np.float64)
     valence = np.zeros(len(order), np.float64)
@@ -77,12 +88,7 @@ def _mean_over_members(members, split) -> SplitPredictions:
     masked = {k: [np.zeros_like(logits), np.zeros_like(valence)] for k in keys}
     for m in members:
         p = m.predictions[split]
-        if len(p.names) != len(order) or set(p.names) != set(order):
-            raise InputError(
-                f"{m.path}: its {split} samples differ from those of {members[0].path}; "
-                "members of one group must predict the same test samples"
-            )
-        rows = np.array([index[n] for n in p.names])
+        rows = rows_in(order, p.names, split, m.path, members[0].path)
         logits[rows] += p.logits
         valence[rows] += p.valence
         for k in keys:

@@ -30,7 +30,7 @@ import numpy as np
 from mer_ray.errors import InputError
 from mer_ray.members import SplitPredictions
 
-from ensembles.groups import TEST_SPLITS, Group
+from ensembles.groups import TEST_SPLITS, Group, rows_in
 
 STRATEGIES = ("mean", "prob", "weighted", "greedy")
 WEIGHTED_STEPS = 300
@@ -87,17 +87,11 @@ def align(groups: list[Group]) -> tuple[dict[str, list[SplitPredictions]], list[
                   for g in groups]
     for split in TEST_SPLITS:
         ref = groups[0].predictions[split].names
-        index = {n: i for i, n in enumerate(ref)}
         parts = []
         for g in groups:
             p = g.predictions[split]
-            if len(p.names) != len(ref) or set(p.names) != set(ref):
-                raise InputError(
-                    f"{g.where()}: its {split} samples differ from those of {groups[0].where()}; "
-                    "an ensemble needs every member to predict the same test samples"
-                )
             order = np.empty(len(ref), np.int64)
-            order[[index[n] for n in p.names]] = np.arange(len(ref))
+            order[rows_in(ref, p.names, split, g.where(), groups[0].where())] = np.arange(len(ref))
             parts.append(_take(p, order))
         out[split] = parts
     return out, notes
