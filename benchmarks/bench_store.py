@@ -5,37 +5,19 @@
 Generates synthetic MER2023 (5,030 x 6,912 floats at scale 1), writes it both as the
 MERTools per-sample .npy tree and as a feature store, then times reading each into numpy
 arrays from page cache (one warm-up read first). Prints the medians and the ratio.
+
+The measurement itself lives in mer_ray.bench (compare_store_read), which `mer-ray bench`
+also runs, so the two never drift apart; this script is the standalone entry point.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
-import numpy as np
-
-from mer_ray.constants import DEFAULT_FEATURES, MODALITIES
-from mer_ray.data.mertools import import_mertools
-from mer_ray.data.store import read_store
+from mer_ray.bench import compare_store_read, write_synthetic_store
 from mer_ray.data.synth import synthesize
-
-
-def read_npy_tree(root: Path, names) -> dict[str, np.ndarray]:
-    return {m: np.stack([np.load(root / DEFAULT_FEATURES[m][0] / f"{n}.npy") for n in names])
-            for m in MODALITIES}
-
-
-def median_time(fn, repeats):
-    fn()  # warm-up: page cache, imports
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def main():
@@ -46,21 +28,14 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         synthesize(tmp / "mertools", seed=0, scale=args.scale, progress=False)
-        import_mertools(tmp / "mertools" / "features", tmp / "mertools" / "labels.csv",
-                        tmp / "store", progress=False)
-        store = read_store(tmp / "store")
-        n, d = len(store), sum(x.shape[1] for x in store.features.values())
-        t_store = median_time(lambda: read_store(tmp / "store"), args.repeats)
-        t_npy = median_time(lambda: read_npy_tree(tmp / "mertools" / "features", store.names),
-                            args.repeats)
-        same = all(np.array_equal(read_npy_tree(tmp / "mertools" / "features", store.names)[m],
-                                  store.features[m]) for m in MODALITIES)
-    mb = n * d * 4 / 1e6
-    print(f"data: {n} samples x {d} floats ({mb:.0f} MB float32); identical arrays: {same}")
+        write_synthetic_store(tmp / "store", seed=0, scale=args.scale)
+        r = compare_store_read(tmp / "mertools" / "features", tmp / "store", args.repeats)
+    print(f"data: {r.samples} samples x {r.floats} floats ({r.mb:.0f} MB float32); "
+          f"identical arrays: {r.identical}")
     print(f"{'reader':<24}{'median s':>10}{'MB/s':>10}")
-    print(f"{'feature store (parquet)':<24}{t_store:>10.3f}{mb / t_store:>10.0f}")
-    print(f"{'per-sample .npy files':<24}{t_npy:>10.3f}{mb / t_npy:>10.0f}")
-    print(f"speed-up: {t_npy / t_store:.1f}x")
+    print(f"{'feature store (parquet)':<24}{r.store_s:>10.3f}{r.mb / r.store_s:>10.0f}")
+    print(f"{'per-sample .npy files':<24}{r.npy_s:>10.3f}{r.mb / r.npy_s:>10.0f}")
+    print(f"speed-up: {r.npy_s / r.store_s:.1f}x")
 
 
 if __name__ == "__main__":

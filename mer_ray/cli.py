@@ -237,8 +237,10 @@ def build_parser() -> argparse.ArgumentParser:
         t.set_defaults(func=cmd_train if name == "train" else cmd_tune)
 
     from ensembles.cli import register
+    from mer_ray.bench import add_parser as add_bench
 
     register(sub)  # `mer-ray ensemble score` and `mer-ray report`
+    add_bench(sub)
 
     d = sub.add_parser("demo", help="the end-to-end demo on synthetic data",
                        description="Synthetic MER2023 -> MERTools import -> Ray Tune over "

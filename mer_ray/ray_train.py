@@ -31,7 +31,8 @@ DASHBOARD_PORT = 8265
 TRIAL_RESOURCES = {"CPU": 0, "memory": 2**20}
 
 
-def connect(address: str | None = None, log=print, num_cpus: int | None = None) -> bool:
+def connect(address: str | None = None, log=print, num_cpus: int | None = None,
+            log_to_driver: bool = True) -> bool:
     """Join the cluster at `address` / RAY_ADDRESS, or start an embedded local Ray with
     the dashboard on 127.0.0.1:8265 (token authentication stays as Ray sets it).
     Returns True where this call connected (the caller shuts down), False if already."""
@@ -41,7 +42,7 @@ def connect(address: str | None = None, log=print, num_cpus: int | None = None) 
         return False
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ctx = ray.init(address=address, log_to_driver=True)
+        ctx = ray.init(address=address, log_to_driver=log_to_driver)
         log(f"joined the Ray cluster at {address}")
     else:
         # address="local": always a fresh instance, never a `ray start` cluster that
@@ -50,7 +51,7 @@ def connect(address: str | None = None, log=print, num_cpus: int | None = None) 
         if port != DASHBOARD_PORT:
             log(f"port {DASHBOARD_PORT} is in use; the dashboard takes port {port}")
         ctx = ray.init(address="local", include_dashboard=True, dashboard_host=DASHBOARD_HOST,
-                       dashboard_port=port, num_cpus=num_cpus)
+                       dashboard_port=port, num_cpus=num_cpus, log_to_driver=log_to_driver)
         log("started an embedded local Ray instance")
     if ctx.dashboard_url:
         log(f"Ray dashboard: http://{ctx.dashboard_url}")

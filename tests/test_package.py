@@ -13,7 +13,7 @@ def test_import_is_light():
 def test_cli_help_each_command():
     for args in ([], ["data"], ["data", "synth"], ["data", "import"], ["data", "summary"],
                  ["demo"], ["train"], ["tune"], ["ensemble"], ["ensemble", "score"], ["report"],
-                 ):
+                 ["bench"]):
         r = subprocess.run([sys.executable, "-m", "mer_ray.cli", *args, "--help"],
                            capture_output=True, text=True)
         assert r.returncode == 0 and "usage: mer-ray" in r.stdout, (args, r.stderr)
