@@ -102,5 +102,6 @@ def test_killed_driver_resumes_with_only_missing_members(store, tmp_path):
     assert second.returncode == 0, second.stdout + second.stderr
     assert f"{saved} already saved" in second.stdout and f"{10 - saved} to train" in second.stdout
     out = second.stdout + second.stderr
+    assert "Ray dashboard: http://127.0.0.1:" in out  # the embedded dashboard stays local
     assert out.count("saved robust_v3-") == 10 - saved  # only the missing ones trained
     assert len(existing_member_ids(run)) == 10

@@ -1,5 +1,6 @@
 """Ray Train + Tune on a real local Ray instance (2 CPUs, no GPU), no mocks."""
 
+import numpy as np
 import pytest
 import ray
 
@@ -49,6 +50,16 @@ def test_train_splits_members_between_workers_and_resumes(cluster, store, tmp_pa
     lines = []
     assert train_with_ray(store, config, [0, 1], run, plan, pack_size=2, log=lines.append) == 10
     assert existing_member_ids(run) == expected_ids(config, [0, 1])
+    # a member's result does not depend on which worker trained it, nor on Ray
+    from mer_ray.data.store import read_store
+    from mer_ray.members import list_member_files, read_member
+    from mer_ray.trainer import train_pack
+
+    here = train_pack(read_store(store), config, [(3, 1)], log=lambda *a: None)[0]
+    there = read_member(next(p for p in list_member_files(run) if here.member_id in p))
+    for split in ("oof", "test2"):
+        np.testing.assert_allclose(there.predictions[split].logits,
+                                   here.predictions[split].logits, atol=1e-5)
     # the same command again trains nothing, and says so
     lines.clear()
     assert train_with_ray(store, config, [0, 1], run, plan, pack_size=2, log=lines.append) == 0
