@@ -64,7 +64,7 @@ def _store_checked(path: str):
 
 
 def _grid(args) -> list[dict]:
-    from mer_ray.presets import convert_field
+    from mer_ray.presets import field_value
     from mer_ray.run import grid_settings
 
     grid = {}
@@ -74,7 +74,7 @@ def _grid(args) -> list[dict]:
         field, _, values = text.partition("=")
         if not values:
             raise InputError(f"--grid {text!r}: expected FIELD=V1,V2,... e.g. --grid dropout=0.3,0.4")
-        grid[field] = [convert_field(field, v) for v in values.split(",")]
+        grid[field] = [field_value(field, v, f"--grid {text!r}") for v in values.split(",")]
     return grid_settings(grid)
 
 
@@ -83,6 +83,12 @@ def _run_grid(args, settings) -> list[tuple[dict, dict]]:
     from mer_ray.run import absolute, train_grid_here, trial_summary
 
     args.store, args.out = absolute(args.store), absolute(args.out)
+    if args.pack_size < 1:
+        raise InputError(f"--pack-size {args.pack_size}: must be at least 1")
+    if args.workers is not None and args.workers < 1:
+        raise InputError(f"--workers {args.workers}: must be at least 1")
+    if args.gpus_per_worker < 0:
+        raise InputError(f"--gpus-per-worker {args.gpus_per_worker}: must be 0 or more")
     config = _recipe(args)
     for s in settings:
         config.replace(**s)  # a bad grid value fails here, before anything starts
@@ -91,7 +97,7 @@ def _run_grid(args, settings) -> list[tuple[dict, dict]]:
     if args.no_ray:
         from mer_ray.data.store import read_store
 
-        device = args.device or _default_device()
+        device = _device(args.device)
         train_grid_here(read_store(args.store), args.store, config, settings, seeds, args.out,
                         args.pack_size, device)
         return [(s, trial_summary(args.out, config.replace(**s), seeds)) for s in settings]
@@ -117,10 +123,16 @@ def _run_grid(args, settings) -> list[tuple[dict, dict]]:
             ray.shutdown()
 
 
-def _default_device() -> str:
+def _device(requested: str | None) -> str:
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"--device {requested}: this machine has no CUDA GPU; use --device cpu")
+    if not (requested == "cpu" or requested.startswith("cuda")):
+        raise InputError(f"--device {requested!r}: expected cpu or cuda")
+    return requested
 
 
 def cmd_train(args):

@@ -113,10 +113,18 @@ def parse_override(config: TrainConfig, text: str) -> TrainConfig:
     if "=" not in text:
         raise InputError(f"--set {text!r}: expected FIELD=VALUE, e.g. --set dropout=0.3")
     key, value = text.split("=", 1)
-    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    if key not in fields or key == "preset":
-        raise InputError(f"--set {text!r}: unknown field {key!r}; fields: {', '.join(fields)}")
-    return config.replace(**{key: convert_field(key, value)})
+    return config.replace(**{key: field_value(key, value, f"--set {text!r}")})
+
+
+def field_value(key: str, value: str, where: str):
+    """A CLI string as TrainConfig field `key`'s value; an unknown field or a bad value is
+    an InputError that starts with `where` (the flag the user typed)."""
+    from mer_ray.errors import InputError
+
+    fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"preset"}
+    if key not in fields:
+        raise InputError(f"{where}: unknown field {key!r}; fields: {', '.join(sorted(fields))}")
+    return convert_field(key, value)
 
 
 def convert_field(key: str, value: str):

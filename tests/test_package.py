@@ -29,6 +29,10 @@ def test_cli_bad_recipe_input_exits_2_without_traceback(tmp_path):
          "dropout='high'"),
         (["tune", "--store", "x", "--out", "r", "--grid", "dropout", "--no-ray"],
          "expected FIELD=V1,V2"),
+        (["tune", "--store", "x", "--out", "r", "--grid", "droput=0.1,0.2", "--no-ray"],
+         "unknown field 'droput'"),
+        (["train", "--store", "x", "--out", "r", "--pack-size", "0", "--no-ray"],
+         "--pack-size 0"),
     ):
         r = subprocess.run([sys.executable, "-m", "mer_ray.cli", *args], capture_output=True,
                            text=True, cwd=tmp_path)
