@@ -22,7 +22,8 @@ import dataclasses
 from dataclasses import dataclass
 
 from mer_ray.errors import InputError
-from mer_ray.run import missing, pending_specs, record_run, train_members, trial_summary
+from mer_ray.run import (absolute, missing, pending_specs, record_run, train_members,
+                         trial_summary)
 
 DASHBOARD_HOST = "127.0.0.1"
 DASHBOARD_PORT = 8265
@@ -176,10 +177,8 @@ def train_with_ray(store_path: str, config, seeds, run: str, plan: Plan,
 
 
 def _storage(run: str) -> str:
-    run = str(run)
-    if "://" in run:
-        return run.rstrip("/") + "/ray"
-    return os.path.join(os.path.abspath(run), "ray")
+    """Ray Train / Tune bookkeeping beside the members (Ray needs an absolute path)."""
+    return f"{absolute(run).rstrip('/')}/ray"
 
 
 def _trial(cfg: dict) -> None:
