@@ -78,9 +78,11 @@ def _grid(args) -> list[dict]:
     return grid_settings(grid)
 
 
-def _run_grid(args, settings) -> list[tuple[dict, dict]]:
-    """Train every setting of the grid (Ray or in-process); (setting, summary) per setting."""
-    from mer_ray.run import absolute, train_grid_here, trial_summary
+def _run_grid(args, settings):
+    """Train every setting of the grid (Ray or in-process). Returns (config, rows): the
+    recipe, and for a Ray Tune run the ResultGrid's (setting, summary) per trial (None
+    otherwise: the caller reads the member files)."""
+    from mer_ray.run import absolute, train_grid_here
 
     args.store, args.out = absolute(args.store), absolute(args.out)
     if args.pack_size < 1:
@@ -100,7 +102,7 @@ def _run_grid(args, settings) -> list[tuple[dict, dict]]:
         device = _device(args.device)
         train_grid_here(read_store(args.store), args.store, config, settings, seeds, args.out,
                         args.pack_size, device)
-        return [(s, trial_summary(args.out, config.replace(**s), seeds)) for s in settings]
+        return config, None
 
     import ray
 
@@ -114,10 +116,10 @@ def _run_grid(args, settings) -> list[tuple[dict, dict]]:
             plan = ray_train.plan_workers(args.workers, args.gpus_per_worker)
             record_run(args.out, args.store, [config])
             ray_train.train_with_ray(args.store, config, seeds, args.out, plan, args.pack_size)
-            return [({}, trial_summary(args.out, config, seeds))]
+            return config, None
         grid = ray_train.tune_grid(args.store, config, settings, seeds, args.out, args.workers,
                                    args.gpus_per_worker, args.pack_size)
-        return [(r.config["setting"], r.metrics) for r in grid]
+        return config, [(r.config["setting"], r.metrics) for r in grid]
     finally:
         if started:
             ray.shutdown()
@@ -140,17 +142,19 @@ def cmd_train(args):
 
     from mer_ray.run import read_config_members
 
-    _run_grid(args, [{}])
-    config = _recipe(args)
+    config, _ = _run_grid(args, [{}])
     members = read_config_members(args.out, config, args.seeds)
     print(f"\n{config.preset}: fold-averaged members of each seed (MERTools protocol)")
     print(seed_table(members))
 
 
 def cmd_tune(args):
-    from mer_ray.run import trial_table
+    from mer_ray.run import trial_summary, trial_table
 
-    rows = _run_grid(args, _grid(args))
+    settings = _grid(args)
+    config, rows = _run_grid(args, settings)
+    if rows is None:  # --no-ray: the same summaries, from the member files
+        rows = [(s, trial_summary(args.out, config.replace(**s), args.seeds)) for s in settings]
     print("\ntrials (mean over seeds of each seed's fold-averaged members)")
     print(trial_table(rows))
 

@@ -138,11 +138,10 @@ def trial_summary(run: str, config, seeds) -> dict:
 
 def read_config_members(run: str, config, seeds):
     """The saved members of one config and these seeds."""
-    from mer_ray.members import list_member_files, read_member
+    from mer_ray.members import member_path, read_member
 
     wanted = {member_id(config.to_dict(), f, s) for f, s in all_specs(config, seeds)}
-    return [read_member(p) for p in list_member_files(run)
-            if p.rsplit("/", 1)[-1][: -len(".parquet")] in wanted]
+    return [read_member(member_path(run, mid)) for mid in sorted(wanted & existing_member_ids(run))]
 
 
 def trial_table(rows) -> str:
