@@ -16,8 +16,8 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from mer_ray.bench import compare_store_read, write_synthetic_store
-from mer_ray.data.synth import synthesize
+from mer_ray.bench import compare_store_read
+from mer_ray.data.synth import synthesize, synthesize_store
 
 
 def main():
@@ -28,7 +28,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         synthesize(tmp / "mertools", seed=0, scale=args.scale, progress=False)
-        write_synthetic_store(tmp / "store", seed=0, scale=args.scale)
+        synthesize_store(tmp / "store", seed=0, scale=args.scale)
         r = compare_store_read(tmp / "mertools" / "features", tmp / "store", args.repeats)
     print(f"data: {r.samples} samples x {r.floats} floats ({r.mb:.0f} MB float32); "
           f"identical arrays: {r.identical}")

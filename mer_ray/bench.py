@@ -148,20 +148,6 @@ def median_time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def feature_names() -> dict[str, str]:
-    return {m: DEFAULT_FEATURES[m][0] for m in MODALITIES}
-
-
-def write_synthetic_store(path, seed: int = 0, scale: float = 1.0) -> Path:
-    """generate(seed, scale) written as a feature store (no .npy tree in between)."""
-    from mer_ray.data.store import write_store
-    from mer_ray.data.synth import generate
-
-    names, split, emotion, valence, features = generate(seed, scale)
-    return write_store(path, names, split, emotion, valence, features, feature_names(),
-                       source=f"synthetic seed={seed} scale={scale}", overwrite=True)
-
-
 # ---------------------------------------------------------------- 1. store read
 @dataclass
 class StoreRead:
@@ -384,7 +370,9 @@ class Bench:
         path = self.workdir / f"store-{scale:g}"
         if path not in self._stores:
             progress(f"writing synthetic store (seed 0, scale {scale:g})")
-            write_synthetic_store(path, seed=0, scale=scale)
+            from mer_ray.data.synth import synthesize_store
+
+            synthesize_store(path, seed=0, scale=scale)
             self._stores[path] = None
         return path
 

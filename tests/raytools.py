@@ -1,18 +1,13 @@
 """Shared set-up for the Ray tests: a tiny store and a fast recipe."""
 
-from mer_ray.constants import DEFAULT_FEATURES, MODALITIES
-from mer_ray.data.store import write_store
-from mer_ray.data.synth import generate
+from mer_ray.data.synth import synthesize_store
 from mer_ray.presets import get_preset
 
 FAST = ["epochs=2", "hidden_dim=16", "warmup=1", "early_stop_patience=none"]
 
 
 def tiny_store(path):
-    names, split, emotion, valence, features = generate(seed=0, scale=0.05)
-    write_store(path, names, split, emotion, valence, features,
-                {m: DEFAULT_FEATURES[m][0] for m in MODALITIES}, source="synth")
-    return str(path)
+    return str(synthesize_store(path, seed=0, scale=0.05))
 
 
 def fast_config(**changes):

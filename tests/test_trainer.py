@@ -3,21 +3,18 @@ import pytest
 import torch
 
 from mer_ray import model as M
-from mer_ray.constants import DEFAULT_FEATURES, MODALITIES
-from mer_ray.data.store import read_store, write_store
-from mer_ray.data.synth import generate
+from mer_ray.constants import MODALITIES
+from mer_ray.data.store import read_store
+from mer_ray.data.synth import synthesize_store
 from mer_ray.members import MASKS, PRED_SPLITS, mask_key, member_id
 from mer_ray.presets import RobustV3, TrainConfig
 from mer_ray.trainer import PackAdam, clip_per_member, draw_modality_mask, train_pack
 
-FEATURE_NAMES = {m: DEFAULT_FEATURES[m][0] for m in MODALITIES}
 DIMS = {"audio": 1024, "text": 5120, "video": 768}
 
 
 def make_store(path, scale):
-    names, split, emotion, valence, features = generate(seed=0, scale=scale)
-    write_store(path, names, split, emotion, valence, features, FEATURE_NAMES, source="synth")
-    return read_store(path)
+    return read_store(synthesize_store(path, seed=0, scale=scale))
 
 
 @pytest.fixture(scope="module")

@@ -102,6 +102,17 @@ def generate(seed: int = 0, scale: float = 1.0):
     return names, split, emotion, valence, features
 
 
+def synthesize_store(path, seed: int = 0, scale: float = 1.0, overwrite: bool = True) -> Path:
+    """generate(seed, scale) written straight to a feature store (no .npy tree in between):
+    for benchmarks and tests, where the MERTools round trip is not what is measured."""
+    from mer_ray.data.store import write_store
+
+    names, split, emotion, valence, features = generate(seed, scale)
+    return write_store(path, names, split, emotion, valence, features,
+                       {m: DEFAULT_FEATURES[m][0] for m in MODALITIES},
+                       source=f"synthetic seed={seed} scale={scale}", overwrite=overwrite)
+
+
 def synthesize(out: str | os.PathLike, seed: int = 0, scale: float = 1.0, overwrite=False,
                progress: bool = True) -> Path:
     """Write DIR/features/<feature-name>/<sample>.npy and DIR/labels.csv (MERTools layout)."""
