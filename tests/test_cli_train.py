@@ -1,0 +1,21 @@
+"""`mer-ray tune` / `train --no-ray`: the in-process path end to end, tables and resume."""
+
+from mer_ray.cli import main
+from mer_ray.members import existing_member_ids
+from raytools import set_args, tiny_store
+
+
+def test_no_ray_tune_then_train_reuses_members(tmp_path, capsys):
+    store = tiny_store(tmp_path / "store")
+    run = str(tmp_path / "run")
+    common = ["--store", store, "--out", run, "--no-ray", "--pack-size", "5", *set_args()]
+    assert main(["tune", "--warmup", "1", "2", *common]) == 0
+    out = capsys.readouterr().out
+    assert "warmup=1" in out and "warmup=2" in out and "test2 f1" in out
+    assert len(existing_member_ids(run)) == 10
+    # train of the warmup-1 recipe: every member already saved, nothing retrained
+    assert main(["train", *common, "--set", "warmup=1"]) == 0
+    out = capsys.readouterr().out
+    assert "5 already saved" in out and "0 to train" in out and "saved robust_v3-" not in out
+    assert "robust_v3 warmup=1 seed=0: 5 fold member(s)" in out and "test3" in out
+    assert len(existing_member_ids(run)) == 10
