@@ -8,7 +8,8 @@ from mer_ray.data.store import read_store
 from mer_ray.data.synth import synthesize_store
 from mer_ray.members import MASKS, PRED_SPLITS, mask_key, member_id
 from mer_ray.presets import RobustV3, TrainConfig
-from mer_ray.trainer import PackAdam, clip_per_member, draw_modality_mask, train_pack
+from mer_ray.trainer import (DropoutBits, PackAdam, clip_per_member, draw_modality_mask,
+                             dropout_threshold, member_generator, train_pack)
 
 DIMS = {"audio": 1024, "text": 5120, "video": 768}
 
@@ -82,6 +83,51 @@ def test_adam_inactive_member_untouched_and_clip():
     assert opt.step_count.tolist() == [1.0, 0.0]
 
 
+def test_pack_adam_runs_of_members_match_torch_adam_each():
+    # Members with different learning rates and step counts (one skips steps) in one
+    # PackAdam: each must follow torch.optim.Adam run on it alone.
+    torch.manual_seed(0)
+    w0 = torch.randn(4, 6, 3)
+    lrs = [1e-2, 1e-2, 3e-3, 1e-2]
+    refs = [torch.nn.Parameter(w0[i].clone()) for i in range(4)]
+    topts = [torch.optim.Adam([r], lr=lr, weight_decay=1e-3) for r, lr in zip(refs, lrs)]
+    packed = {"w": w0.clone().requires_grad_(True)}
+    popt = PackAdam(packed, lrs, 1e-3)
+    for step in range(12):
+        g = torch.randn(4, 6, 3)
+        active = [True, step % 3 != 0, True, True]  # member 1 falls behind in steps
+        for i in range(4):
+            if active[i]:
+                refs[i].grad = g[i].clone()
+                topts[i].step()
+        packed["w"].grad = g.clone()
+        popt.step(active)
+    for i in range(4):
+        torch.testing.assert_close(packed["w"][i].detach(), refs[i].detach(), atol=1e-6, rtol=0)
+    assert popt.step_count.tolist() == [12.0, 8.0, 12.0, 12.0]
+
+
+def test_dropout_bits_rate_scale_and_member_streams():
+    thr, scale = dropout_threshold(0.35)
+    assert abs(1 / scale - 0.65) < 1e-4  # p rounded to a multiple of 2**-16
+    assert dropout_threshold(0.5) == (0, 2.0)
+    with pytest.raises(ValueError):
+        dropout_threshold(1.0)
+    bits = DropoutBits(2, 64, [1024, 48], 0.35, "cpu")
+    bits.draw(0, member_generator(0, 0))
+    bits.draw(1, member_generator(0, 1))
+    masks = bits.masks()
+    assert [tuple(m.shape) for m in masks] == [(2, 64, 1024), (2, 64, 48)]
+    drop = (masks[0] == 0).float().mean().item()
+    assert abs(drop - 0.35) < 0.01, drop
+    assert torch.all((masks[1] == 0) | (masks[1] == scale))  # inverted dropout's 1/(1-p)
+    assert not torch.equal(masks[0][0], masks[0][1])
+    # a member's masks come from its own generator only: same draw in another slot
+    other = DropoutBits(3, 64, [1024, 48], 0.35, "cpu")
+    other.draw(2, member_generator(0, 1))
+    assert torch.equal(other.masks()[0][2], masks[0][1])
+
+
 def test_modality_mask_rate_never_all_three():
     g = torch.Generator().manual_seed(0)
     mask = draw_modality_mask(g, 20000, 0.2)
@@ -96,10 +142,10 @@ def test_warmup_no_modality_dropout_before(small_store, monkeypatch):
     seen = []
     real_forward = M.forward
 
-    def spy(params, xs, modality_mask=None, dropout_masks=None):
+    def spy(params, xs, modality_mask=None, dropout_masks=None, *rest):
         if dropout_masks is not None:  # training step
             seen.append(None if modality_mask is None else modality_mask.clone())
-        return real_forward(params, xs, modality_mask, dropout_masks)
+        return real_forward(params, xs, modality_mask, dropout_masks, *rest)
 
     monkeypatch.setattr(T.M, "forward", spy)
     cfg = small_config(epochs=2, warmup=1, modality_dropout=0.3)
