@@ -137,6 +137,29 @@ def convert_field(key: str, value: str):
         return None
     kind = type(default) if default is not None else (float if key == "grad_clip" else int)
     try:
-        return kind(value)
+        converted = kind(value)
     except ValueError:
         raise InputError(f"{key}={value!r}: expected a {kind.__name__}") from None
+    if key in RANGES:
+        ok, wanted = RANGES[key]
+        if not ok(converted):
+            raise InputError(f"{key}={value!r}: expected {wanted}")
+    return converted
+
+
+# Values the trainer cannot run with, refused at the CLI instead of mid-training.
+RANGES = {
+    "hidden_dim": (lambda v: v >= 1, "an integer >= 1"),
+    "dropout": (lambda v: 0 <= v < 1, "a probability in [0, 1)"),
+    "modality_dropout": (lambda v: 0 <= v < 1, "a probability in [0, 1)"),
+    "warmup": (lambda v: v >= 0, "an epoch index >= 0"),
+    "weight_decay": (lambda v: v >= 0, "a value >= 0"),
+    "lr": (lambda v: v >= 0, "a learning rate >= 0"),
+    "batch_size": (lambda v: v >= 1, "an integer >= 1"),
+    "epochs": (lambda v: v >= 1, "an integer >= 1"),
+    "early_stop_patience": (lambda v: v >= 0, "an integer >= 0 (or none)"),
+    "plateau_patience": (lambda v: v >= 0, "an integer >= 0 (or none)"),
+    "plateau_factor": (lambda v: 0 < v < 1, "a factor in (0, 1)"),
+    "grad_clip": (lambda v: v > 0, "a norm > 0 (or none)"),
+    "n_folds": (lambda v: v >= 2, "an integer >= 2"),
+}
