@@ -515,7 +515,7 @@ def measure_member_floor(bench: Bench) -> list[Row]:
         Row("step_adam_ms", "one training step: torch fused Adam", adam_s * 1e3, "ms",
             f"torch.optim.Adam(fused=True) over the member's {params:,} parameters, best of 5"),
         Row("step_masks_ms", "one training step: dropout masks", masks_s * 1e3, "ms",
-            f"the trainer's DropoutBits: {cfg.batch_size} x {sum(f for n, f, _ in shapes if n.endswith('.0')):,} "
+            f"the trainer's DropoutBits: {cfg.batch_size} x {sum(dropout_widths(shapes)):,} "
             "units from the member's generator"),
         Row("member_bound_over_floor", "lower bound on measured / floor", bound, "x",
             "(GEMM floor + Adam + masks) / GEMM floor per step: with every other op free, "
@@ -545,6 +545,11 @@ def measure_member_floor(bench: Bench) -> list[Row]:
     ] + extras
 
 
+def dropout_widths(shapes) -> list[int]:
+    """Input width of each encoder's first Linear: the units dropout masks every step."""
+    return [fan_in for name, fan_in, _ in shapes if name.endswith(".0")]
+
+
 def time_step_extras(shapes, batch: int, dropout: float, device: str, rounds: int = 5,
                      calls: int = 50) -> tuple[float, float]:
     """Seconds per training step of one member for the two non-GEMM costs the recipe
@@ -562,7 +567,7 @@ def time_step_extras(shapes, batch: int, dropout: float, device: str, rounds: in
             w.grad = torch.randn(shape, device=device)
             params.append(w)
     opt = torch.optim.Adam(params, lr=1e-3, weight_decay=1e-5, fused=True)
-    widths = [fan_in for name, fan_in, _ in shapes if name.endswith(".0")]  # encoder inputs
+    widths = dropout_widths(shapes)
     bits = DropoutBits(1, batch, widths, dropout, device)
     g = member_generator(0, 0, device)
 

@@ -155,10 +155,10 @@ def test_warmup_no_modality_dropout_before(small_store, monkeypatch):
     seen = []
     real_forward = M.forward
 
-    def spy(params, xs, modality_mask=None, dropout_masks=None, *rest):
+    def spy(params, xs, modality_mask=None, dropout_masks=None):
         if dropout_masks is not None:  # training step
             seen.append(None if modality_mask is None else modality_mask.clone())
-        return real_forward(params, xs, modality_mask, dropout_masks, *rest)
+        return real_forward(params, xs, modality_mask, dropout_masks)
 
     monkeypatch.setattr(T.M, "forward", spy)
     cfg = small_config(epochs=2, warmup=1, modality_dropout=0.3)
