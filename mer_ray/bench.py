@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from mer_ray.constants import DEFAULT_FEATURES, MODALITIES, TEST_SPLITS
+from mer_ray.demo import DEMO_SEEDS, demo_pack_size
 
 # The warmup grid of DESIGN.md (modality dropout from epoch 30, 40 or 50 of 100).
 GRID_WARMUPS = (30, 40, 50)
@@ -66,6 +67,7 @@ class Profile:
     grid_run_epochs: int | None  # None: extrapolate the grid rate; else measure a grid run
     ray_scale: float = 0.2  # Ray overhead: the demo grid's store
     ray_epochs: int | None = 10  # None: the full recipe (exactly the demo's members)
+    ray_seeds: tuple[int, ...] = (0,)  # the full profile: the demo's seeds
     hidden_dim: int | None = None  # None: the preset's (micro shrinks the model)
 
 
@@ -78,7 +80,7 @@ PROFILES = {
     "full": Profile("full", read_scale=1.0, read_repeats=7, train_scale=1.0,
                     member_epochs=10, pack_epochs=5, pack_sizes=(5, 25), peak_members=25,
                     peak_epochs=1, gemm_min_s=0.05, gemm_rounds=10, grid_seeds=5,
-                    grid_run_epochs=10, ray_epochs=None),
+                    grid_run_epochs=10, ray_epochs=None, ray_seeds=DEMO_SEEDS),
     # Seconds, for tests: tiny data and model; the figures mean nothing.
     "micro": Profile("micro", read_scale=0.05, read_repeats=1, train_scale=0.05,
                      member_epochs=2, pack_epochs=1, pack_sizes=(2, 3), peak_members=3,
@@ -708,18 +710,20 @@ def measure_peak_memory(bench: Bench) -> list[Row]:
 
 def ray_grid(bench: Bench):
     """The demo's grid for the Ray-overhead figure: robust_v3 at warmups 30/40/50 x 5 folds
-    x seed 0 on a scale-0.2 store (full profile: the full recipe, exactly the demo's
-    members; quick: 10 epochs with warmups 3/4/5). Returns (config, settings)."""
+    x the profile's seeds on a scale-0.2 store, one pack per trial as the demo trains it
+    (full profile: the full recipe and the demo's seeds, exactly the demo's members;
+    quick: seed 0, 10 epochs with warmups 3/4/5). Returns (config, settings, seeds)."""
     from mer_ray.presets import get_preset
 
     p = bench.profile
     config = get_preset("robust_v3")
     if p.ray_epochs is None:
-        return config, [{"warmup": w} for w in GRID_WARMUPS]
+        return config, [{"warmup": w} for w in GRID_WARMUPS], list(p.ray_seeds)
     config = config.replace(epochs=p.ray_epochs, early_stop_patience=None)
     if p.hidden_dim:
         config = config.replace(hidden_dim=p.hidden_dim)
-    return config, [{"warmup": w * p.ray_epochs // 100} for w in GRID_WARMUPS]
+    return (config, [{"warmup": w * p.ray_epochs // 100} for w in GRID_WARMUPS],
+            list(p.ray_seeds))
 
 
 def measure_ray_overhead(bench: Bench) -> list[Row]:
@@ -735,20 +739,23 @@ def measure_ray_overhead(bench: Bench) -> list[Row]:
     from mer_ray.run import train_grid_here
 
     p = bench.profile
-    config, settings = ray_grid(bench)
+    config, settings, seeds = ray_grid(bench)
+    pack = demo_pack_size(seeds)
     path = bench.store_path(p.ray_scale)
     store = bench.store(p.ray_scale)
     quiet = lambda *a: None  # noqa: E731
     with tempfile.TemporaryDirectory(dir=bench.workdir) as d:
-        progress(f"Ray overhead: {len(settings)} x 5 members in-process (--no-ray)")
+        progress(f"Ray overhead: {len(settings)} x {pack} members in-process (--no-ray)")
         t0 = time.perf_counter()
-        train_grid_here(store, str(path), config, settings, [0], f"{d}/local", log=quiet)
+        train_grid_here(store, str(path), config, settings, seeds, f"{d}/local", pack,
+                        log=quiet)
         local_s = time.perf_counter() - t0
         progress("Ray overhead: the same members through Ray Tune + Train")
         t0 = time.perf_counter()
         started = ray_train.connect(log=quiet, log_to_driver=False)
         try:
-            ray_train.tune_grid(str(path), config, settings, [0], f"{d}/ray", log=quiet)
+            ray_train.tune_grid(str(path), config, settings, seeds, f"{d}/ray",
+                                pack_size=pack, log=quiet)
         finally:
             if started:
                 ray.shutdown()
@@ -758,7 +765,8 @@ def measure_ray_overhead(bench: Bench) -> list[Row]:
         b = {read_member(f).member_id: read_member(f) for f in list_member_files(f"{d}/ray")}
         diff = max(float(np.abs(a[k].predictions["test1"].logits
                                 - b[k].predictions["test1"].logits).max()) for k in a)
-    grid = (f"{len(settings)} trials x 5 folds x seed 0, scale {p.ray_scale:g}, "
+    grid = (f"{len(settings)} trials x 5 folds x seeds {','.join(map(str, seeds))} "
+            f"({pack}-member pack per trial), scale {p.ray_scale:g}, "
             + ("full robust_v3 recipe (the demo grid)" if p.ray_epochs is None
                else f"{p.ray_epochs} epochs, warmups {'/'.join(str(s['warmup']) for s in settings)}"))
     same = "identical" if diff == 0 else f"max |test1 logit diff| {diff:.1e}"

@@ -30,6 +30,7 @@ DASHBOARD_PORT = 8265
 # A Tune trial function only waits on its TorchTrainer: it holds no CPU (Tune refuses an
 # empty request, so it holds 1 MiB of Ray's memory resource instead).
 TRIAL_RESOURCES = {"CPU": 0, "memory": 2**20}
+PREEMPTION_WATCHER_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
 
 
 def connect(address: str | None = None, log=print, num_cpus: int | None = None,
@@ -48,6 +49,11 @@ def connect(address: str | None = None, log=print, num_cpus: int | None = None,
     else:
         # address="local": always a fresh instance, never a `ray start` cluster that
         # happens to run on this machine.
+        # Train V2 gives every run a preemption-watcher actor (one more process that
+        # imports Ray Train); an embedded single-machine Ray has no node to preempt, and
+        # on 2 cores each such process delays the first epoch. Set before ray.init so the
+        # raylet (and every actor it starts) inherits it; a user's own setting wins.
+        os.environ.setdefault(PREEMPTION_WATCHER_ENV, "0")
         port = _free_port(DASHBOARD_PORT)
         if port != DASHBOARD_PORT:
             log(f"port {DASHBOARD_PORT} is in use; the dashboard takes port {port}")

@@ -64,3 +64,27 @@ def test_train_splits_members_between_workers_and_resumes(cluster, store, tmp_pa
     lines.clear()
     assert train_with_ray(store, config, [0, 1], run, plan, pack_size=2, log=lines.append) == 0
     assert "10 already saved" in lines[0] and "0 to train" in lines[0]
+
+
+def test_embedded_ray_runs_without_train_preemption_watchers():
+    """An embedded single-machine Ray has no node to preempt: its actors (Train
+    controllers among them) see the preemption watcher turned off, unless the user set it."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import os, ray\n"
+            "from mer_ray.ray_train import connect, PREEMPTION_WATCHER_ENV as E\n"
+            "connect(log=lambda m: None, num_cpus=1)\n"
+            "print('seen', ray.get(ray.remote(lambda: os.environ.get(E)).remote()))\n"
+            "ray.shutdown()\n")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RAY_ADDRESS", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, timeout=180)
+    assert out.returncode == 0, out.stderr
+    assert "seen 0" in out.stdout
+    env["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = "1"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, timeout=180)
+    assert "seen 1" in out.stdout, out.stderr
