@@ -21,6 +21,7 @@ functions only, so `mer-ray --help` stays fast.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -752,13 +753,16 @@ def measure_ray_overhead(bench: Bench) -> list[Row]:
         local_s = time.perf_counter() - t0
         progress("Ray overhead: the same members through Ray Tune + Train")
         t0 = time.perf_counter()
-        started = ray_train.connect(log=quiet, log_to_driver=False)
-        try:
-            ray_train.tune_grid(str(path), config, settings, seeds, f"{d}/ray",
-                                pack_size=pack, log=quiet)
-        finally:
-            if started:
-                ray.shutdown()
+        # Tune's experiment box and the raylet's warnings print to stdout, which holds the
+        # table: send them to stderr with the rest of the progress output.
+        with contextlib.redirect_stdout(sys.stderr):
+            started = ray_train.connect(log=quiet, log_to_driver=False)
+            try:
+                ray_train.tune_grid(str(path), config, settings, seeds, f"{d}/ray",
+                                    pack_size=pack, log=quiet)
+            finally:
+                if started:
+                    ray.shutdown()
         ray_s = time.perf_counter() - t0
         # The invariant behind the comparison: same members, same results.
         a = {read_member(f).member_id: read_member(f) for f in list_member_files(f"{d}/local")}

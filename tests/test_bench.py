@@ -116,6 +116,7 @@ def test_micro_profile_reports_every_figure(tmp_path, capsys):
     table = capsys.readouterr().out
     assert "profile micro" in table and "member measured / floor" in table
     assert "Ray / in-process time" in table
+    assert "Configuration for experiment" not in table  # Tune's output is not in the table
 
 
 def _fake_bench(tmp_path, **profile_changes):
