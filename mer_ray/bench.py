@@ -769,16 +769,22 @@ def measure_ray_overhead(bench: Bench) -> list[Row]:
         b = {read_member(f).member_id: read_member(f) for f in list_member_files(f"{d}/ray")}
         diff = max(float(np.abs(a[k].predictions["test1"].logits
                                 - b[k].predictions["test1"].logits).max()) for k in a)
+    demo_grid = p.ray_epochs is None
     grid = (f"{len(settings)} trials x 5 folds x seeds {','.join(map(str, seeds))} "
             f"({pack}-member pack per trial), scale {p.ray_scale:g}, "
-            + ("full robust_v3 recipe (the demo grid)" if p.ray_epochs is None
+            + ("full robust_v3 recipe (the demo grid)" if demo_grid
                else f"{p.ray_epochs} epochs, warmups {'/'.join(str(s['warmup']) for s in settings)}"))
     same = "identical" if diff == 0 else f"max |test1 logit diff| {diff:.1e}"
     return [
         Row("ray_in_process_s", "grid in-process (--no-ray)", local_s, "s", grid),
         Row("ray_s", "grid through Ray", ray_s, "s",
             f"embedded Ray start-up included; members {same} (set(a) == set(b): {set(a) == set(b)})"),
-        Row("ray_overhead", "Ray / in-process time", ray_s / local_s, "x", target="<= 1.15"),
+        # The target is for the demo's own grid (--full): a shortened grid is mostly Ray's
+        # fixed start-up, so its ratio says little about the run a user makes.
+        Row("ray_overhead", "Ray / in-process time", ray_s / local_s, "x",
+            "" if demo_grid else "shortened grid: Ray's fixed start-up dominates; the "
+            "<= 1.15 target is for the demo grid (--full)",
+            target="<= 1.15" if demo_grid else ""),
     ]
 
 

@@ -111,6 +111,8 @@ def test_micro_profile_reports_every_figure(tmp_path, capsys):
     # both paths trained the same members to the same results
     assert "(set(a) == set(b): True)" in figures["ray_s"]["note"]
     assert figures["member_wall_over_floor"]["target"] == "<= 1.5"
+    # the Ray target is judged on the demo grid only, never on a shortened one
+    assert not figures["ray_overhead"]["target"] and "--full" in figures["ray_overhead"]["note"]
     m = result["machine"]
     assert m["cpu"] and m["cores"] and m["torch"] and m["torch_threads"]
     table = capsys.readouterr().out
