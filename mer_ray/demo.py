@@ -26,8 +26,10 @@ DEMO_SEEDS = (0, 1, 2)
 
 
 def demo_pack_size(seeds) -> int:
-    """One pack per trial: all 5 folds x seeds of a warmup train together."""
-    return 5 * len(seeds)
+    """One pack per trial: all 5 folds x seeds of a warmup train together, up to 25
+    members (a full-scale 25-pack peaks at about 2.6 GB, docs/performance.md; three
+    trials train at once)."""
+    return min(5 * len(seeds), 25)
 
 
 def run_demo(out: str, seed: int = 0, scale: float = DEMO_SCALE, seeds=DEMO_SEEDS,
