@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from mer_ray.constants import DEFAULT_FEATURES, MODALITIES, TEST_SPLITS
-from mer_ray.demo import DEMO_SEEDS, demo_pack_size
+from mer_ray.demo import DEMO_SEEDS, DEMO_WARMUPS, demo_pack_size
 
 # The warmup grid of DESIGN.md (modality dropout from epoch 30, 40 or 50 of 100).
 GRID_WARMUPS = (30, 40, 50)
@@ -719,11 +719,11 @@ def ray_grid(bench: Bench):
     p = bench.profile
     config = get_preset("robust_v3")
     if p.ray_epochs is None:
-        return config, [{"warmup": w} for w in GRID_WARMUPS], list(p.ray_seeds)
+        return config, [{"warmup": w} for w in DEMO_WARMUPS], list(p.ray_seeds)
     config = config.replace(epochs=p.ray_epochs, early_stop_patience=None)
     if p.hidden_dim:
         config = config.replace(hidden_dim=p.hidden_dim)
-    return (config, [{"warmup": w * p.ray_epochs // 100} for w in GRID_WARMUPS],
+    return (config, [{"warmup": w * p.ray_epochs // 100} for w in DEMO_WARMUPS],
             list(p.ray_seeds))
 
 
@@ -765,8 +765,8 @@ def measure_ray_overhead(bench: Bench) -> list[Row]:
                     ray.shutdown()
         ray_s = time.perf_counter() - t0
         # The invariant behind the comparison: same members, same results.
-        a = {read_member(f).member_id: read_member(f) for f in list_member_files(f"{d}/local")}
-        b = {read_member(f).member_id: read_member(f) for f in list_member_files(f"{d}/ray")}
+        a = {m.member_id: m for m in map(read_member, list_member_files(f"{d}/local"))}
+        b = {m.member_id: m for m in map(read_member, list_member_files(f"{d}/ray"))}
         diff = max(float(np.abs(a[k].predictions["test1"].logits
                                 - b[k].predictions["test1"].logits).max()) for k in a)
     demo_grid = p.ray_epochs is None

@@ -5,7 +5,7 @@ import pytest
 import ray
 
 from mer_ray.members import existing_member_ids, member_id
-from mer_ray.ray_train import plan_workers, train_with_ray, tune_grid
+from mer_ray.ray_train import PREEMPTION_WATCHER_ENV, plan_workers, train_with_ray, tune_grid
 from mer_ray.run import all_specs
 from raytools import fast_config, tiny_store
 
@@ -79,12 +79,12 @@ def test_embedded_ray_runs_without_train_preemption_watchers():
             "print('seen', ray.get(ray.remote(lambda: os.environ.get(E)).remote()))\n"
             "ray.shutdown()\n")
     env = {k: v for k, v in os.environ.items()
-           if k not in ("RAY_ADDRESS", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER")}
+           if k not in ("RAY_ADDRESS", PREEMPTION_WATCHER_ENV)}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                          text=True, timeout=180)
     assert out.returncode == 0, out.stderr
     assert "seen 0" in out.stdout
-    env["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = "1"
+    env[PREEMPTION_WATCHER_ENV] = "1"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                          text=True, timeout=180)
     assert "seen 1" in out.stdout, out.stderr
