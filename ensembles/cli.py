@@ -19,7 +19,8 @@ def cmd_score(args):
 
     text, out = score_runs(args.runs, strategy=args.strategy, where=args.where, out=args.out)
     print(text)
-    print(f"\nwrote scores.json, predictions.parquet, submission_test{{1,2,3}}.csv to {out}")
+    print(f"\nwrote scores.json, predictions.parquet and a submission_<split>.csv per test "
+          f"split to {out}")
 
 
 def cmd_report(args):
@@ -49,9 +50,10 @@ def register(subparsers) -> None:
     s = esub.add_parser(
         "score", help="score an ensemble; write scores, predictions, submission CSVs",
         description="Fold-average each (config, seed) group (MERTools protocol), combine the "
-        "groups, and print cv/test1/test2/test3 F1, acc, MSE and combined for the ensemble, "
-        "the best single group and each warmup. Writes scores.json, predictions.parquet and "
-        "submission_test{1,2,3}.csv (name,discrete,valence) to --out.")
+        "groups, and print cv and each labelled test split's F1, acc (and MSE and combined "
+        "where there is valence) for the ensemble, the best single group and each warmup; "
+        "unlabelled splits get predictions only. Writes scores.json, predictions.parquet and "
+        "submission_<split>.csv (name,discrete[,valence]) per test split to --out.")
     s.add_argument("runs", nargs="+", metavar="RUN", help="run folder(s) or URI(s)")
     _common(s)
     s.add_argument("--out", default=None,

@@ -3,8 +3,10 @@
 A group is every member sharing a config dict (all fields; the fold is not part of
 it) and a seed. Within a group:
 
-- test1/test2/test3: logits are the mean of the fold members' logits, valence the mean
-  of their predictions, aligned by sample name (MERTools averages its 5 fold models);
+- test splits (labelled or not): logits are the mean of the fold members' logits,
+  valence the mean of their predictions, aligned by sample name (MERTools averages its
+  5 fold models); the sample order is the first member's, i.e. the store's (a
+  candidates file's order, where the split came from one);
 - out-of-fold ("cv"): the fold members' held-out predictions concatenated, so each
   train sample appears once, ordered by sample name. Should two members cover the same
   sample (a duplicated fold) their predictions for it are averaged.
@@ -17,9 +19,6 @@ Entry point for the trainer CLI, to print "the fold-averaged members of each see
 
     from ensembles.groups import seed_table
     print(seed_table(results))   # results: list[MemberResult], read or just trained
-
-`seed_table(members) -> str` groups the members, scores every group
-(`score_group`) and formats one MERTools-style table per group (`format_table`).
 """
 
 from __future__ import annotations
@@ -30,12 +29,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from mer_ray.dataset import Dataset
 from mer_ray.errors import InputError
-from mer_ray.members import PRED_SPLITS, MemberResult, SplitPredictions
+from mer_ray.members import OOF, MemberResult, SplitPredictions
 
-from ensembles.tables import format_table, score_splits
-
-TEST_SPLITS = tuple(s for s in PRED_SPLITS if s != "oof")
+from ensembles.tables import format_table, score_splits, unlabelled_lines
 
 
 @dataclass
@@ -43,7 +41,7 @@ class Group:
     config: dict
     seed: int
     members: list[MemberResult]  # sorted by fold
-    predictions: dict[str, SplitPredictions]  # PRED_SPLITS -> fold-averaged predictions
+    predictions: dict[str, SplitPredictions]  # "oof" + test splits -> fold-averaged
     label: str = ""
     warnings: list[str] = field(default_factory=list)
 
@@ -54,6 +52,14 @@ class Group:
     @property
     def warmup(self):
         return self.config.get("warmup")
+
+    @property
+    def dataset(self) -> Dataset:
+        return self.members[0].description
+
+    @property
+    def test_splits(self) -> list[str]:
+        return [s for s in self.predictions if s != OOF]
 
     def where(self) -> str:
         """A member file of the group, to name in messages."""
@@ -76,43 +82,50 @@ def rows_in(ref_names, names, split: str, where, ref_where) -> np.ndarray:
     return np.array([index[n] for n in names], dtype=np.int64)
 
 
+def _add(total, part, rows):
+    if total is not None and part is not None:
+        total[rows] += part
+
+
 def _mean_over_members(members, split) -> SplitPredictions:
     """Average members' predictions of a test split, in the first member's sample order."""
     ref = members[0].predictions[split]
     order = ref.names
     keys = set(ref.masked)
-    logits = np.zeros((len(order), ref.logits.shape[1]), np.float64)
-    valence = np.zeros(len(order), np.float64)
     for m in members:
         keys &= set(m.predictions[split].masked)
-    masked = {k: [np.zeros_like(logits), np.zeros_like(valence)] for k in keys}
+    with_valence = ref.valence is not None
+    logits = np.zeros((len(order), ref.logits.shape[1]), np.float64)
+    valence = np.zeros(len(order), np.float64) if with_valence else None
+    masked = {k: [np.zeros_like(logits), None if valence is None else np.zeros_like(valence)]
+              for k in keys}
     for m in members:
         p = m.predictions[split]
         rows = rows_in(order, p.names, split, m.path, members[0].path)
         logits[rows] += p.logits
-        valence[rows] += p.valence
+        _add(valence, p.valence, rows)
         for k in keys:
             masked[k][0][rows] += p.masked[k][0]
-            masked[k][1][rows] += p.masked[k][1]
+            _add(masked[k][1], p.masked[k][1], rows)
     n = len(members)
     return SplitPredictions(
-        names=np.asarray(order),
-        logits=logits / n,
-        valence=valence / n,
-        label=ref.label,
-        valence_label=ref.valence_label,
-        masked={k: (lv[0] / n, lv[1] / n) for k, lv in masked.items()},
+        names=np.asarray(order), logits=logits / n,
+        valence=None if valence is None else valence / n,
+        label=ref.label, valence_label=ref.valence_label,
+        masked={k: (lv[0] / n, None if lv[1] is None else lv[1] / n) for k, lv in masked.items()},
     )
 
 
 def _concat_oof(members) -> SplitPredictions:
     """Concatenate held-out predictions; one row per sample name, sorted by name."""
-    parts = [m.predictions["oof"] for m in members]
+    parts = [m.predictions[OOF] for m in members]
     names = np.concatenate([p.names for p in parts])
     uniq, first, inverse = np.unique(names, return_index=True, return_inverse=True)
     counts = np.bincount(inverse, minlength=len(uniq)).astype(np.float64)
 
     def average(arrays):
+        if any(a is None for a in arrays):
+            return None
         x = np.concatenate(arrays).astype(np.float64)
         out = np.zeros((len(uniq),) + x.shape[1:])
         np.add.at(out, inverse, x)
@@ -148,8 +161,8 @@ def _fold_warnings(label: str, config: dict, folds: list[int]) -> list[str]:
 def build_group(config: dict, seed: int, members: list[MemberResult], label: str = "") -> Group:
     members = sorted(members, key=lambda m: (m.fold, str(m.path)))
     label = label or f"{config.get('preset')} warmup={config.get('warmup')} seed={seed}"
-    preds = {"oof": _concat_oof(members)}
-    for split in TEST_SPLITS:
+    preds = {OOF: _concat_oof(members)}
+    for split in members[0].test_splits:
         preds[split] = _mean_over_members(members, split)
     return Group(config=config, seed=seed, members=members, predictions=preds, label=label,
                  warnings=_fold_warnings(label, config, [m.fold for m in members]))
@@ -185,14 +198,15 @@ def make_groups(members: list[MemberResult]) -> list[Group]:
 
 
 def score_group(group: Group) -> dict:
-    """{row: metrics} for cv/test1/test2/test3 (test3 discrete only)."""
-    return score_splits(group.predictions)
+    """{row: metrics} for cv and the labelled test splits."""
+    return score_splits(group.predictions, group.dataset)
 
 
-def cv_combined(scores: dict) -> float:
+def cv_score(scores: dict) -> float:
     """The ranking key: cv combined (F1 - 0.25 MSE), or cv F1 without valence labels."""
     cv = scores.get("cv", {})
     return cv.get("combined", cv.get("f1", float("-inf")))
+
 
 
 def seed_table(members: list[MemberResult]) -> str:
@@ -200,6 +214,38 @@ def seed_table(members: list[MemberResult]) -> str:
     blocks = []
     for g in make_groups(members):
         title = f"{g.label}: {len(g.members)} fold member(s), folds {g.folds}"
-        text = format_table(score_group(g), title)
+        text = format_table(score_group(g), title, unlabelled_lines(g.predictions, g.dataset))
         blocks.append("\n".join([text] + [f"warning: {w}" for w in g.warnings]))
     return "\n\n".join(blocks)
+
+
+def trial_summary(members: list[MemberResult]) -> dict:
+    """Mean over seeds of each seed's fold-averaged scores: cv_f1, test1_acc, ...
+    (plus `seeds` and `members`): what a Tune trial reports at its end."""
+    values: dict[str, list[float]] = {}
+    groups = make_groups(members) if members else []
+    for g in groups:
+        for split, metrics in score_group(g).items():
+            for name, value in metrics.items():
+                values.setdefault(f"{split}_{name}", []).append(value)
+    summary = {k: sum(v) / len(v) for k, v in values.items()}
+    summary.update(seeds=len(groups), members=len(members))
+    return summary
+
+
+def trial_table(rows) -> str:
+    """One line per grid setting: its trial_summary scores (cv F1 and combined, then F1
+    and accuracy of each labelled test split)."""
+    cols = []
+    for _, m in rows:
+        splits = list(dict.fromkeys(k.rsplit("_", 1)[0] for k in m if "_" in k))
+        for s in splits:
+            wanted = ("f1", "combined") if s == "cv" else ("f1", "acc")
+            cols += [f"{s}_{w}" for w in wanted if f"{s}_{w}" in m and f"{s}_{w}" not in cols]
+    head = f"{'setting':<24}{'seeds':>6}" + "".join(f"{k.replace('_', ' '):>15}" for k in cols)
+    lines = [head, "-" * len(head)]
+    for setting, m in rows:
+        name = ", ".join(f"{k}={v}" for k, v in setting.items()) or "(preset)"
+        cells = "".join(f"{m.get(k, float('nan')):>15.4f}" for k in cols)
+        lines.append(f"{name:<24}{int(m.get('seeds', 0)):>6}" + cells)
+    return "\n".join(lines)

@@ -2,17 +2,20 @@
 
 Writes into --out (default RUN/report), atomically like `ensemble score`:
 
-    confusion.png       confusion matrix of the ensemble per test set (rows = true class,
-                        colour = row share, numbers = counts)
-    per_class_f1.png    per-class F1 of the ensemble per test set
-    warmup_f1.png       test1/test2 F1 against warmup: each (config, seed) group as a dot,
+    confusion.png       confusion matrix of the ensemble on cv and each labelled test
+                        split (rows = true class, colour = row share, numbers = counts)
+    per_class_f1.png    per-class F1 of the ensemble on the same
+    warmup_f1.png       F1 of the labelled test splits (cv where there is none) against
+                        warmup: each (config, seed) group as a dot,
                         mean +- std over them as a bar, min/max as a band, and the
                         ensemble of that warmup's groups as a star
-    ensemble_size.png   cv/test1/test2 F1 of the uniform mean of the k best groups
+    ensemble_size.png   cv and test F1 of the uniform mean of the k best groups
                         against k, groups added in order of cv combined (best first,
                         ties in group order), so the curve is reproducible
-    robustness.png      F1 per test set with each modality / pair masked; with a
-                        feature store, also the domain-classifier AUC per modality
+    robustness.png      F1 per labelled test set with each modality / pair masked;
+                        with a feature store, also the domain-classifier AUC per
+                        modality and test split (unlabelled ones included: shift needs
+                        no labels)
     report.html         all of the above, images embedded as base64 data URIs, plus
                         the score tables and the robustness / feature-shift tables
 
@@ -28,19 +31,36 @@ import io
 
 import numpy as np
 
-from mer_ray.constants import TEST_SPLITS
 from mer_ray.errors import InputError
 
 from ensembles import robustness
-from ensembles.groups import cv_combined
+from ensembles.groups import cv_score
 from ensembles.load import load_members, run_info
 from ensembles.output import check_out, write_outputs
 from ensembles.score import Evaluation, evaluate, format_evaluation
 from ensembles.strategies import align, mix
-from ensembles.tables import COLUMNS, ROWS, score_splits
+from ensembles.tables import CV, columns_for, row_split, score_splits
 
 REPORT_DIR = "report"
-SPLIT_COLOURS = {"cv": "#7f7f7f", "test1": "#1f77b4", "test2": "#d62728", "test3": "#2ca02c"}
+PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2")
+
+
+def colour(row: str, rows: list[str]) -> str:
+    """cv grey; test splits in the palette, in the dataset's order."""
+    if row == CV:
+        return "#7f7f7f"
+    tests = [r for r in rows if r != CV]
+    return PALETTE[tests.index(row) % len(PALETTE)] if row in tests else "#000000"
+
+
+def shown_rows(ev: Evaluation) -> list[str]:
+    """cv and the labelled test splits: what can be scored."""
+    return [CV, *ev.dataset.scored_splits]
+
+
+def test_rows(ev: Evaluation) -> list[str]:
+    """The labelled test splits, or cv where the dataset has none."""
+    return list(ev.dataset.scored_splits) or [CV]
 
 
 def _figure(width: float, height: float):
@@ -61,10 +81,11 @@ def confusion_png(ev: Evaluation) -> bytes:
     from sklearn.metrics import confusion_matrix
 
     classes = ev.classes
-    fig = _figure(5.0 * len(TEST_SPLITS), 4.6)
-    axes = fig.subplots(1, len(TEST_SPLITS))
-    for ax, split in zip(axes, TEST_SPLITS):
-        p = ev.ensemble.predictions[split]
+    rows = shown_rows(ev)
+    fig = _figure(5.0 * len(rows), 4.6)
+    axes = np.atleast_1d(fig.subplots(1, len(rows)))
+    for ax, split in zip(axes, rows):
+        p = ev.ensemble.predictions[row_split(split)]
         cm = confusion_matrix(p.label, np.asarray(p.logits).argmax(1), labels=range(len(classes)))
         share = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
         ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
@@ -84,8 +105,8 @@ def per_class_f1(ev: Evaluation) -> dict[str, np.ndarray]:
     from sklearn.metrics import f1_score
 
     out = {}
-    for split in TEST_SPLITS:
-        p = ev.ensemble.predictions[split]
+    for split in shown_rows(ev):
+        p = ev.ensemble.predictions[row_split(split)]
         out[split] = f1_score(p.label, np.asarray(p.logits).argmax(1),
                               labels=range(len(ev.classes)), average=None, zero_division=0)
     return out
@@ -96,9 +117,11 @@ def per_class_png(ev: Evaluation) -> bytes:
     fig = _figure(8, 4)
     ax = fig.subplots()
     x = np.arange(len(ev.classes))
-    width = 0.8 / len(TEST_SPLITS)
-    for k, split in enumerate(TEST_SPLITS):
-        ax.bar(x + (k - 1) * width, f1[split], width, label=split, color=SPLIT_COLOURS[split])
+    rows = shown_rows(ev)
+    width = 0.8 / len(rows)
+    for k, split in enumerate(rows):
+        ax.bar(x + (k - (len(rows) - 1) / 2) * width, f1[split], width, label=split,
+               color=colour(split, rows))
     ax.set_xticks(x, ev.classes)
     ax.set_ylim(0, 1)
     ax.set_ylabel("F1")
@@ -108,10 +131,10 @@ def per_class_png(ev: Evaluation) -> bytes:
 
 
 def warmup_spread(ev: Evaluation) -> dict:
-    """{warmup: {split: [per-group F1]}} for test1 and test2."""
+    """{warmup: {split: [per-group F1]}} for the labelled test splits (cv without any)."""
     out = {}
     for g, s in zip(ev.groups, ev.group_scores):
-        per = out.setdefault(g.warmup, {"test1": [], "test2": []})
+        per = out.setdefault(g.warmup, {split: [] for split in test_rows(ev)})
         for split in per:
             per[split].append(s[split]["f1"])
     return out
@@ -125,20 +148,21 @@ def warmup_png(ev: Evaluation) -> bytes:
     step = (np.diff(sorted(pos.values())).min() if len(pos) > 1 else 1.0) or 1.0
     fig = _figure(7, 4.2)
     ax = fig.subplots()
-    for k, split in enumerate(("test1", "test2")):
-        colour, shift = SPLIT_COLOURS[split], (k - 0.5) * 0.12 * step
+    rows = test_rows(ev)
+    for k, split in enumerate(rows):
+        colour_, shift = colour(split, shown_rows(ev)), (k - (len(rows) - 1) / 2) * 0.12 * step
         xs = np.array([pos[w] + shift for w in warmups])
         vals = [np.array(spread[w][split]) for w in warmups]
         for x, v in zip(xs, vals):
-            ax.scatter(np.full(len(v), x), v, s=12, alpha=0.5, color=colour)
+            ax.scatter(np.full(len(v), x), v, s=12, alpha=0.5, color=colour_)
         means = np.array([v.mean() for v in vals])
         stds = np.array([v.std() for v in vals])
-        ax.fill_between(xs, [v.min() for v in vals], [v.max() for v in vals], color=colour,
+        ax.fill_between(xs, [v.min() for v in vals], [v.max() for v in vals], color=colour_,
                         alpha=0.12, label=f"{split} min-max over groups")
-        ax.errorbar(xs, means, yerr=stds, color=colour, marker="o", capsize=4,
+        ax.errorbar(xs, means, yerr=stds, color=colour_, marker="o", capsize=4,
                     label=f"{split} mean +- std over groups")
         ax.scatter(xs, [ev.warmups[w][1][split]["f1"] for w in warmups], marker="*", s=120,
-                   color=colour, edgecolor="black", zorder=3, label=f"{split} warmup ensemble")
+                   color=colour_, edgecolor="black", zorder=3, label=f"{split} warmup ensemble")
     ax.set_xticks([pos[w] for w in warmups], [str(w) for w in warmups])
     ax.set_xlabel("modality-dropout warmup (epochs)")
     ax.set_ylabel("weighted F1")
@@ -148,16 +172,17 @@ def warmup_png(ev: Evaluation) -> bytes:
 
 
 def size_curve(ev: Evaluation) -> tuple[list[int], dict[str, list[float]]]:
-    """F1 of the uniform mean of the k best groups (by cv combined), k = 1..G."""
-    order = sorted(range(len(ev.groups)),
-                   key=lambda i: (-cv_combined(ev.group_scores[i]), i))
+    """F1 of the uniform mean of the k best groups (by cv), k = 1..G, on cv and the
+    labelled test splits."""
+    order = sorted(range(len(ev.groups)), key=lambda i: (-cv_score(ev.group_scores[i]), i))
     parts, _ = align([ev.groups[i] for i in order])
     ks = list(range(1, len(order) + 1))
-    curve = {row: [] for row in ("cv", "test1", "test2")}
+    curve = {row: [] for row in shown_rows(ev)}
+    wanted = {row_split(r) for r in curve}
     for k in ks:
         preds = {split: mix(p[:k], np.full(k, 1.0 / k)) for split, p in parts.items()
-                 if split in ("oof", "test1", "test2")}
-        s = score_splits(preds)
+                 if split in wanted}
+        s = score_splits(preds, ev.dataset)
         for row in curve:
             curve[row].append(s[row]["f1"])
     return ks, curve
@@ -168,7 +193,7 @@ def size_png(ev: Evaluation) -> bytes:
     fig = _figure(7, 4)
     ax = fig.subplots()
     for row, ys in curve.items():
-        ax.plot(ks, ys, marker="o", ms=3, color=SPLIT_COLOURS[row], label=row,
+        ax.plot(ks, ys, marker="o", ms=3, color=colour(row, list(curve)), label=row,
                 linestyle="--" if row == "cv" else "-")
     from matplotlib.ticker import MaxNLocator
 
@@ -185,24 +210,29 @@ def robustness_png(masked: dict, shift: dict | None) -> bytes:
     axes = fig.subplots(1, 2 if shift else 1)
     ax = axes[0] if shift else axes
     keys = list(masked)
+    rows = list(masked[robustness.UNMASKED])
     x = np.arange(len(keys))
-    width = 0.8 / len(TEST_SPLITS)
-    for k, split in enumerate(TEST_SPLITS):
-        ax.bar(x + (k - 1) * width, [masked[key].get(split, {}).get("f1", np.nan) for key in keys],
-               width, label=split, color=SPLIT_COLOURS[split])
+    width = 0.8 / max(1, len(rows))
+    for k, split in enumerate(rows):
+        ax.bar(x + (k - (len(rows) - 1) / 2) * width,
+               [masked[key].get(split, {}).get("f1", np.nan) for key in keys],
+               width, label=split, color=colour(split, [CV, *rows]))
     ax.set_xticks(x, [robustness.mask_label(k) for k in keys], rotation=30, ha="right")
     ax.set_ylim(0, 1)
     ax.set_ylabel("weighted F1")
     ax.set_title("ensemble with modalities masked at inference")
-    ax.legend()
+    if rows:
+        ax.legend()
     if shift:
         ax2 = axes[1]
         mods = list(shift)
+        splits = list(dict.fromkeys(s for per in shift.values() for s in per))
         x = np.arange(len(mods))
-        for k, split in enumerate(TEST_SPLITS):
-            ax2.bar(x + (k - 1) * width,
+        width = 0.8 / max(1, len(splits))
+        for k, split in enumerate(splits):
+            ax2.bar(x + (k - (len(splits) - 1) / 2) * width,
                     [shift[m].get(split, {}).get("domain_auc", np.nan) for m in mods],
-                    width, label=split, color=SPLIT_COLOURS[split])
+                    width, label=split, color=PALETTE[k % len(PALETTE)])
         ax2.axhline(0.5, color="black", lw=0.8, ls=":")
         ax2.set_xticks(x, mods)
         ax2.set_ylim(0, 1)
@@ -215,24 +245,24 @@ def robustness_png(masked: dict, shift: dict | None) -> bytes:
 # --- HTML --------------------------------------------------------------------------
 
 def _score_table_html(title: str, scores: dict) -> str:
-    head = "".join(f"<th>{name}</th>" for name, _ in COLUMNS)
+    cols = columns_for(scores)
+    head = "".join(f"<th>{name}</th>" for name, _ in cols)
     rows = []
-    for row in ROWS:
-        if row not in scores:
-            continue
+    for row in scores:
         cells = "".join(f"<td>{scores[row][key]:.4f}</td>" if key in scores[row] else "<td></td>"
-                        for _, key in COLUMNS)
+                        for _, key in cols)
         rows.append(f"<tr><th>{row}</th>{cells}</tr>")
     return (f"<h3>{html.escape(title)}</h3><table><tr><th></th>{head}</tr>"
             + "".join(rows) + "</table>")
 
 
 def _masked_html(masked: dict) -> str:
-    head = "".join(f"<th>{s} F1</th><th>{s} acc</th>" for s in TEST_SPLITS)
+    splits = list(masked[robustness.UNMASKED])
+    head = "".join(f"<th>{s} F1</th><th>{s} acc</th>" for s in splits)
     rows = []
     for key, per in masked.items():
         cells = "".join(f"<td>{per[s]['f1']:.4f}</td><td>{per[s]['acc']:.4f}</td>"
-                        if s in per else "<td></td><td></td>" for s in TEST_SPLITS)
+                        if s in per else "<td></td><td></td>" for s in splits)
         rows.append(f"<tr><th>{html.escape(robustness.mask_label(key))}</th>{cells}</tr>")
     return f"<table><tr><th></th>{head}</tr>{''.join(rows)}</table>"
 
@@ -240,11 +270,12 @@ def _masked_html(masked: dict) -> str:
 def _shift_html(shift: dict) -> str:
     keys = (("mean shift", "mean_shift"), ("spread ratio", "spread_ratio"),
             ("domain AUC", "domain_auc"))
-    head = "".join(f"<th>{s} {name}</th>" for s in TEST_SPLITS for name, _ in keys)
+    splits = list(dict.fromkeys(s for per in shift.values() for s in per))
+    head = "".join(f"<th>{s} {name}</th>" for s in splits for name, _ in keys)
     rows = []
     for m, per in shift.items():
         cells = "".join(f"<td>{per[s][k]:.3f}</td>" if s in per else "<td></td>"
-                        for s in TEST_SPLITS for _, k in keys)
+                        for s in splits for _, k in keys)
         rows.append(f"<tr><th>{html.escape(m)}</th>{cells}</tr>")
     return f"<table><tr><th></th>{head}</tr>{''.join(rows)}</table>"
 
@@ -275,7 +306,7 @@ def report_html(run: str, ev: Evaluation, pngs: dict[str, bytes], masked: dict,
     parts += ["<h2>Confusion matrices</h2>", _img("confusion", pngs["confusion.png"]),
               "<h2>Per-class F1</h2>", _img("per-class F1", pngs["per_class_f1.png"]),
               "<h2>F1 against warmup</h2>", _img("warmup", pngs["warmup_f1.png"]),
-              "<h2>Ensemble size</h2><p>Uniform mean of the k best groups by cv combined.</p>",
+              "<h2>Ensemble size</h2><p>Uniform mean of the k best groups by cv.</p>",
               _img("ensemble size", pngs["ensemble_size.png"]),
               "<h2>Robustness</h2><h3>Modalities masked at inference</h3>", _masked_html(masked)]
     if shift:
@@ -327,12 +358,15 @@ def build_report(run: str, out: str | None = None, store: str | None = None,
     out = default_out([run], out, REPORT_DIR)
     check_out(out)
     _figure(1, 1)  # fail early, before any work, when matplotlib is missing
-    members = load_members([run], where)
+    warnings = []
+    members = load_members([run], where, warn=warnings.append)
     st, note = load_store_for(run, store, members[0].store.get("content_hash"))
     ev = evaluate(members, strategy)
-    masked = robustness.masked_scores(ev.ensemble)
-    shift = robustness.feature_shift(st) if st is not None else None
-    notes = list(ev.ensemble.notes) + ev.warnings + ([note] if note else [])
+    masked = robustness.masked_scores(ev.ensemble, ev.dataset)
+    used = {m: f["feature"] for m, f in (members[0].store.get("features") or {}).items()}
+    shift = robustness.feature_shift(st, used) if st is not None else None
+    notes = (list(ev.ensemble.notes) + ev.warnings + warnings + ev.notes_for(ev.ensemble)
+             + ([note] if note else []))
     pngs = {
         "confusion.png": confusion_png(ev),
         "per_class_f1.png": per_class_png(ev),

@@ -2,11 +2,12 @@
 
 (a) Masked modalities. Every member file holds, per test set, predictions with each
 single modality and each pair zeroed at inference through the model's
-modality-dropout path (`mer_ray.members.MASKS`). They are combined exactly like the
+modality-dropout path (`mer_ray.members.mask_sets`). They are combined exactly like the
 unmasked predictions (fold mean within a group, then the ensemble's weights; uniform
 mean for the default strategy) and scored next to the unmasked ensemble.
 
-(b) Feature shift, per modality and test set, read from the feature store:
+(b) Feature shift, per modality and test set (unlabelled ones included: it needs no
+labels), read from the feature store, on the features the members were trained on:
 
 - `mean_shift` = ||mu_test - mu_train|| / sqrt(trace(Cov_train)): the distance between
   the test and train means in units of the train cloud's RMS spread (0 = same mean;
@@ -30,9 +31,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from mer_ray.constants import TEST_SPLITS
-from mer_ray.members import MASKS, mask_key
-
 from ensembles.tables import score_split
 
 PCA_DIM = 32
@@ -44,31 +42,30 @@ def mask_label(key: str) -> str:
     return "all modalities" if key == UNMASKED else key.replace("_", "+") + " masked"
 
 
-def masked_scores(ensemble) -> dict:
-    """{mask key or "none": {test split: metrics}} for the ensemble's predictions."""
+def masked_scores(ensemble, dataset) -> dict:
+    """{mask key or "none": {labelled test split: metrics}} for the ensemble."""
     out = {UNMASKED: {}}
-    for split in TEST_SPLITS:
+    for split in dataset.scored_splits:
         pred = ensemble.predictions[split]
-        out[UNMASKED][split] = score_split(split, pred)
-        for mods in MASKS:
-            key = mask_key(mods)
-            if key not in pred.masked:
-                continue
-            lg, va = pred.masked[key]
+        out[UNMASKED][split] = score_split(split, pred, dataset)
+        for key, (lg, va) in pred.masked.items():
             masked = type(pred)(names=pred.names, logits=lg, valence=va, label=pred.label,
                                 valence_label=pred.valence_label)
-            out.setdefault(key, {})[split] = score_split(split, masked)
+            out.setdefault(key, {})[split] = score_split(split, masked, dataset)
     return out
 
 
 def format_masked(scores: dict) -> str:
-    """Text table: one row per mask, F1 and acc per test set."""
-    head = f"{'':<24}" + "".join(f"{s + ' F1':>11}{s + ' acc':>11}" for s in TEST_SPLITS)
+    """Text table: one row per mask, F1 and acc per labelled test set."""
+    splits = list(scores[UNMASKED])
+    if not splits:
+        return "(no labelled test split to score)"
+    head = f"{'':<24}" + "".join(f"{s + ' F1':>11}{s + ' acc':>11}" for s in splits)
     lines = [head]
     for key, per_split in scores.items():
         cells = "".join(
             f"{per_split[s]['f1']:>11.4f}{per_split[s]['acc']:>11.4f}" if s in per_split
-            else f"{'':>22}" for s in TEST_SPLITS
+            else f"{'':>22}" for s in splits
         )
         lines.append(f"{mask_label(key):<24}{cells}".rstrip())
     return "\n".join(lines)
@@ -133,14 +130,16 @@ def domain_auc(train_z: np.ndarray, test_z: np.ndarray) -> float:
     return float(roc_auc_score(y, s))
 
 
-def feature_shift(store) -> dict:
-    """{modality: {test split: {"mean_shift", "spread_ratio", "domain_auc", "n"}}}."""
-    rows = {s: store.rows(s) for s in ("train",) + TEST_SPLITS}
+def feature_shift(store, features: dict | None = None) -> dict:
+    """{modality: {test split: {"mean_shift", "spread_ratio", "domain_auc", "n"}}} on
+    `features` ({modality: feature name}; default each modality's first feature)."""
+    features = features or {}
+    rows = {s: store.rows(s) for s in ("train", *store.dataset.test_splits)}
     rows = {s: r for s, r in rows.items() if len(r)}
     used = np.concatenate(list(rows.values()))
     out = {}
-    for m, feats in store.features.items():
-        x = np.asarray(feats[used], np.float32)
+    for m in store.modalities:
+        x = np.asarray(store.feature(m, features.get(m))[used], np.float32)
         z = _reduce(x)
         start, part = 0, {}
         for s, r in rows.items():  # `used` is rows' values concatenated in this order
@@ -156,7 +155,7 @@ def feature_shift(store) -> dict:
 
 
 def format_shift(shift: dict) -> str:
-    splits = [s for s in TEST_SPLITS if any(s in v for v in shift.values())]
+    splits = list(dict.fromkeys(s for per in shift.values() for s in per))
     head = f"{'':<8}" + "".join(f"{s + ' shift':>13}{s + ' spread':>14}{s + ' AUC':>11}"
                                 for s in splits)
     lines = [head]

@@ -6,12 +6,20 @@ ensemble per warmup (the groups with that warmup, same strategy). `score_runs` a
 loading and writing: into --out (default RUN/ensemble for one run)
 
     scores.json            every score, the weights, the groups, notes and warnings
-    predictions.parquet    per sample: split (oof, test1..3), name, label,
-                           valence_label, logits, probabilities, predicted,
-                           predicted_class, valence
-    submission_test1.csv   MER2023 submission, header name,discrete,valence
-    submission_test2.csv   (discrete = class name in the members' class order,
-    submission_test3.csv    valence = the ensemble's prediction, test3 included)
+    predictions.parquet    per sample: split (oof, then every test split), name,
+                           label (null where unlabelled), valence_label, logits,
+                           probabilities, predicted, predicted_class, valence
+    submission_<split>.csv one per test split, labelled or not: header
+                           name,discrete[,valence] (discrete = class name in the
+                           members' class order; valence = the ensemble's prediction,
+                           where the models predict valence), one row per sample in
+                           the store's order (a candidates file's order, where the
+                           split came from one)
+
+Labelled splits are scored; unlabelled ones are listed as "N samples, no labels:
+predictions only" and get a submission all the same. scores.json marks which numbers
+chose anything (the out-of-fold "cv" row: best single group, weighted / greedy weights)
+and which were held out (every test split).
 
 Everything is computed and rendered before the first byte is written, and the folder
 is written via a temporary one (`ensembles.output`), so a refusal leaves --out as it was.
@@ -31,11 +39,14 @@ import pyarrow.parquet as pq
 from mer_ray.errors import InputError
 from mer_ray.members import MemberResult
 
-from ensembles.groups import TEST_SPLITS, Group, cv_combined, make_groups, score_group
+from mer_ray.dataset import Dataset
+from mer_ray.members import OOF
+
+from ensembles.groups import Group, cv_score, make_groups, score_group
 from ensembles.load import load_members
 from ensembles.output import check_out, write_outputs
 from ensembles.strategies import Ensemble, combine, softmax
-from ensembles.tables import format_table, score_splits
+from ensembles.tables import format_table, score_splits, unlabelled_lines
 
 ENSEMBLE_DIR = "ensemble"
 
@@ -56,23 +67,35 @@ class Evaluation:
         return list(self.members[0].classes)
 
     @property
+    def dataset(self) -> Dataset:
+        return self.members[0].description
+
+    @property
+    def test_splits(self) -> list[str]:
+        return self.groups[0].test_splits
+
+    def notes_for(self, ensemble: Ensemble) -> list[str]:
+        return unlabelled_lines(ensemble.predictions, self.dataset)
+
+    @property
     def warnings(self) -> list[str]:
         return [w for g in self.groups for w in g.warnings]
 
 
 def evaluate(members: list[MemberResult], strategy: str = "mean") -> Evaluation:
     groups = make_groups(members)
+    dataset = members[0].description
     ensemble = combine(groups, strategy)
     group_scores = [score_group(g) for g in groups]
-    ranks = [cv_combined(s) for s in group_scores]
+    ranks = [cv_score(s) for s in group_scores]  # out-of-fold only: never a test split
     best = int(np.argmax(ranks))  # first of equals
     warmups = {}
     for w in sorted({json.dumps(g.warmup) for g in groups}, key=_warmup_order):
         subset = [g for g in groups if json.dumps(g.warmup) == w]
         e = combine(subset, strategy)
-        warmups[json.loads(w)] = (e, score_splits(e.predictions))
+        warmups[json.loads(w)] = (e, score_splits(e.predictions, dataset))
     return Evaluation(strategy, members, groups, group_scores, ensemble,
-                      score_splits(ensemble.predictions), best, warmups)
+                      score_splits(ensemble.predictions, dataset), best, warmups)
 
 
 def _warmup_order(w: str):
@@ -84,9 +107,9 @@ def format_evaluation(ev: Evaluation) -> str:
     g = ev.groups
     blocks = [
         format_table(ev.scores, f"ensemble ({ev.strategy}, {len(g)} group(s) of "
-                                f"{len(ev.members)} member(s))"),
-        format_table(ev.group_scores[ev.best], f"best single group (by cv combined): "
-                                               f"{g[ev.best].label}"),
+                                f"{len(ev.members)} member(s))", ev.notes_for(ev.ensemble)),
+        format_table(ev.group_scores[ev.best], f"best single group (by cv "
+                                               f"{ev.dataset.metric_name()}): {g[ev.best].label}"),
     ]
     for w, (e, s) in ev.warmups.items():
         blocks.append(format_table(s, f"warmup {w} ({ev.strategy}, {len(e.groups)} group(s))"))
@@ -110,7 +133,11 @@ def scores_json(ev: Evaluation, runs: list[str], where: str | None) -> dict:
         "runs": runs,
         "where": where,
         "classes": ev.classes,
+        "dataset": ev.dataset.to_dict(),
         "store_content_hash": ev.members[0].store.get("content_hash"),
+        # what chose anything (best single group, fitted weights) vs what stayed held out
+        "selection": {"used_for_selection": ["cv"], "held_out": list(ev.dataset.scored_splits),
+                      "unlabelled": list(ev.dataset.unlabelled_splits)},
         "n_members": len(ev.members),
         "ensemble": {"scores": ev.scores, "weights": ev.ensemble.weight_by_label()},
         "best_single": {"label": best.label, "config": best.config, "seed": best.seed,
@@ -130,16 +157,17 @@ def scores_json(ev: Evaluation, runs: list[str], where: str | None) -> dict:
 def predictions_table(ensemble: Ensemble, classes: list[str]) -> pa.Table:
     cols = {k: [] for k in ("split", "name", "label", "valence_label", "logits",
                             "probabilities", "predicted", "valence")}
-    for split in ("oof",) + TEST_SPLITS:
-        p = ensemble.predictions[split]
+    with_valence = ensemble.predictions[OOF].valence is not None
+    for split, p in ensemble.predictions.items():
         cols["split"] += [split] * len(p.names)
         cols["name"] += list(map(str, p.names))
-        cols["label"].append(np.asarray(p.label, np.int8))
+        cols["label"].append(np.asarray(p.label, np.int64))
         cols["valence_label"].append(np.asarray(p.valence_label, np.float32))
         cols["logits"].append(np.asarray(p.logits, np.float32))
         cols["probabilities"].append(softmax(p.logits).astype(np.float32))
-        cols["predicted"].append(np.asarray(p.logits).argmax(axis=1).astype(np.int8))
-        cols["valence"].append(np.asarray(p.valence, np.float32))
+        cols["predicted"].append(np.asarray(p.logits).argmax(axis=1).astype(np.int16))
+        if with_valence:
+            cols["valence"].append(np.asarray(p.valence, np.float32))
     n_classes = len(classes)
 
     def fsl(parts):
@@ -147,30 +175,40 @@ def predictions_table(ensemble: Ensemble, classes: list[str]) -> pa.Table:
                                                  n_classes)
 
     predicted = np.concatenate(cols["predicted"])
+    label = np.concatenate(cols["label"])
     vl = np.concatenate(cols["valence_label"])
-    table = pa.table({
+    columns = {
         "split": pa.array(cols["split"], pa.string()),
         "name": pa.array(cols["name"], pa.string()),
-        "label": pa.array(np.concatenate(cols["label"])),
+        "label": pa.array(np.where(label < 0, 0, label), pa.int16(), mask=label < 0),
         "valence_label": pa.array(vl, mask=np.isnan(vl)),
         "logits": fsl(cols["logits"]),
         "probabilities": fsl(cols["probabilities"]),
         "predicted": pa.array(predicted),
         "predicted_class": pa.array([classes[i] for i in predicted], pa.string()),
-        "valence": pa.array(np.concatenate(cols["valence"])),
-    })
+    }
+    if with_valence:
+        columns["valence"] = pa.array(np.concatenate(cols["valence"]))
     meta = {"strategy": ensemble.strategy, "classes": classes}
-    return table.replace_schema_metadata({b"mer_ray.ensemble": json.dumps(meta).encode()})
+    return pa.table(columns).replace_schema_metadata(
+        {b"mer_ray.ensemble": json.dumps(meta).encode()})
 
 
 def submission_csv(pred, classes: list[str]) -> bytes:
-    """MER2023 submission: name,discrete,valence, one row per test sample."""
+    """A challenge submission: name,discrete[,valence], one row per sample in order."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["name", "discrete", "valence"])
-    for name, k, v in zip(pred.names, np.asarray(pred.logits).argmax(axis=1), pred.valence):
-        w.writerow([str(name), classes[int(k)], f"{float(v):.6f}"])
+    with_valence = pred.valence is not None
+    w.writerow(["name", "discrete"] + (["valence"] if with_valence else []))
+    predicted = np.asarray(pred.logits).argmax(axis=1)
+    for i, (name, k) in enumerate(zip(pred.names, predicted)):
+        w.writerow([str(name), classes[int(k)]]
+                   + ([f"{float(pred.valence[i]):.6f}"] if with_valence else []))
     return buf.getvalue().encode()
+
+
+def submission_name(split: str) -> str:
+    return f"submission_{split}.csv"
 
 
 def render_outputs(ev: Evaluation, runs: list[str], where: str | None) -> dict[str, bytes]:
@@ -180,9 +218,9 @@ def render_outputs(ev: Evaluation, runs: list[str], where: str | None) -> dict[s
         "scores.json": (json.dumps(scores_json(ev, runs, where), indent=1) + "\n").encode(),
         "predictions.parquet": sink.getvalue().to_pybytes(),
     }
-    for split in TEST_SPLITS:
-        files[f"submission_{split}.csv"] = submission_csv(ev.ensemble.predictions[split],
-                                                          ev.classes)
+    for split in ev.test_splits:
+        files[submission_name(split)] = submission_csv(ev.ensemble.predictions[split],
+                                                       ev.classes)
     return files
 
 
@@ -193,7 +231,9 @@ def default_out(runs: list[str], out: str | None, sub: str) -> str:
     if len(runs) != 1:
         raise InputError(f"{len(runs)} runs given: pass --out DIR to say where the "
                          "combined results go")
-    return f"{runs[0].rstrip('/')}/{sub}"
+    from mer_ray.storage import join
+
+    return join(runs[0], sub)
 
 
 def score_runs(runs, strategy: str = "mean", where: str | None = None,
@@ -202,7 +242,11 @@ def score_runs(runs, strategy: str = "mean", where: str | None = None,
     runs = [str(r) for r in ([runs] if isinstance(runs, str) else runs)]
     out = default_out(runs, out, ENSEMBLE_DIR)
     check_out(out)
-    ev = evaluate(load_members(runs, where), strategy)
+    warnings = []
+    ev = evaluate(load_members(runs, where, warn=warnings.append), strategy)
     files = render_outputs(ev, runs, where)
     written = write_outputs(out, files)
-    return format_evaluation(ev), written
+    text = format_evaluation(ev)
+    if warnings:
+        text += "\n" + "\n".join(f"warning: {w}" for w in warnings)
+    return text, written

@@ -10,15 +10,16 @@ Strategies (each gives one non-negative weight per group, summing to 1):
   simplex (`WEIGHTED_STEPS` steps; the loss is convex in the weights).
 - `greedy`: Caruana et al. (2004) forward selection with replacement on the
   out-of-fold predictions: start from an empty bag, each round add the group whose
-  addition gives the highest oof combined metric (F1 - 0.25 MSE) of the bag's mean
-  logits, stop after `GREEDY_ROUNDS` rounds or when no group improves it; ties go to
+  addition gives the highest oof combined metric (F1 - 0.25 MSE; F1 without valence)
+  of the bag's mean logits, stop after `GREEDY_ROUNDS` rounds or when no group improves it; ties go to
   the earlier group (groups are in `make_groups` order). Weights = times chosen / bag size.
 
-Valence is always the same weighted mean of the groups' valence predictions. The cv
-row of an ensemble is its oof predictions combined with the same weights over the
-train samples every group has a held-out prediction for. For `weighted` and
-`greedy` the weights were fitted on those same oof predictions, so their cv is
-optimistic; test1/test2/test3 are the honest estimates.
+Valence (where the models predict it) is always the same weighted mean of the groups'
+valence predictions. The cv row of an ensemble is its oof predictions combined with
+the same weights over the train samples every group has a held-out prediction for.
+For `weighted` and `greedy` the weights were fitted on those same oof predictions, so
+their cv is optimistic; the test splits are the honest estimates. Nothing here ever
+looks at a test split to choose: weights come from out-of-fold predictions only.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import numpy as np
 from mer_ray.errors import InputError
 from mer_ray.members import SplitPredictions
 
-from ensembles.groups import TEST_SPLITS, Group, rows_in
+from ensembles.groups import Group, rows_in
 
 STRATEGIES = ("mean", "prob", "weighted", "greedy")
 WEIGHTED_STEPS = 300
@@ -55,11 +56,15 @@ def softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+def _rows(x, rows):
+    return None if x is None else x[rows]
+
+
 def _take(p: SplitPredictions, rows: np.ndarray) -> SplitPredictions:
     return SplitPredictions(
-        names=p.names[rows], logits=p.logits[rows], valence=p.valence[rows],
+        names=p.names[rows], logits=p.logits[rows], valence=_rows(p.valence, rows),
         label=p.label[rows], valence_label=p.valence_label[rows],
-        masked={k: (lg[rows], va[rows]) for k, (lg, va) in p.masked.items()},
+        masked={k: (lg[rows], _rows(va, rows)) for k, (lg, va) in p.masked.items()},
     )
 
 
@@ -85,7 +90,7 @@ def align(groups: list[Group]) -> tuple[dict[str, list[SplitPredictions]], list[
     # Each group's oof is sorted by name, so searchsorted finds the common rows.
     out["oof"] = [_take(g.predictions["oof"], np.searchsorted(g.predictions["oof"].names, common))
                   for g in groups]
-    for split in TEST_SPLITS:
+    for split in groups[0].test_splits:
         ref = groups[0].predictions[split].names
         parts = []
         for g in groups:
@@ -104,6 +109,12 @@ def _mix_logits(logit_list, weights, kind: str) -> np.ndarray:
     return sum(w * np.asarray(lg, np.float64) for w, lg in zip(weights, logit_list))
 
 
+def _mix_valence(valences, weights):
+    if any(v is None for v in valences):
+        return None
+    return sum(w * np.asarray(v, np.float64) for w, v in zip(weights, valences))
+
+
 def mix(parts: list[SplitPredictions], weights, kind: str = "logits") -> SplitPredictions:
     """Weighted combination of aligned predictions (masked ones too, same weights)."""
     ref = parts[0]
@@ -111,12 +122,11 @@ def mix(parts: list[SplitPredictions], weights, kind: str = "logits") -> SplitPr
     return SplitPredictions(
         names=ref.names,
         logits=_mix_logits([p.logits for p in parts], weights, kind),
-        valence=sum(w * np.asarray(p.valence, np.float64) for w, p in zip(weights, parts)),
+        valence=_mix_valence([p.valence for p in parts], weights),
         label=ref.label,
         valence_label=ref.valence_label,
         masked={k: (_mix_logits([p.masked[k][0] for p in parts], weights, kind),
-                    sum(w * np.asarray(p.masked[k][1], np.float64)
-                        for w, p in zip(weights, parts)))
+                    _mix_valence([p.masked[k][1] for p in parts], weights))
                 for k in sorted(keys)},
     )
 
@@ -164,7 +174,7 @@ def _weighted_f1(pred: np.ndarray, y: np.ndarray, n_classes: int) -> float:
 
 def _oof_objective(logits, valence, y, valence_true) -> float:
     f1 = _weighted_f1(logits.argmax(axis=1), y, logits.shape[1])
-    if np.isnan(valence_true).any():
+    if valence is None or np.isnan(valence_true).any():
         return f1
     return f1 - 0.25 * float(np.mean((valence - valence_true) ** 2))
 
@@ -172,14 +182,17 @@ def _oof_objective(logits, valence, y, valence_true) -> float:
 def fit_greedy(oof: list[SplitPredictions], rounds: int = GREEDY_ROUNDS) -> np.ndarray:
     """Caruana forward selection with replacement; returns times-chosen / bag size."""
     logits = np.stack([np.asarray(p.logits, np.float64) for p in oof])
-    valence = np.stack([np.asarray(p.valence, np.float64) for p in oof])
+    with_valence = all(p.valence is not None for p in oof)
+    valence = np.stack([np.asarray(p.valence if with_valence else np.zeros(len(p.names)),
+                                   np.float64) for p in oof])
     y = np.asarray(oof[0].label, np.int64)
     vt = np.asarray(oof[0].valence_label, np.float64)
     counts = np.zeros(len(oof), np.int64)
     sum_l, sum_v = np.zeros_like(logits[0]), np.zeros_like(valence[0])
     current = -np.inf
     for k in range(1, rounds + 1):
-        trial = [_oof_objective((sum_l + logits[i]) / k, (sum_v + valence[i]) / k, y, vt)
+        trial = [_oof_objective((sum_l + logits[i]) / k,
+                                (sum_v + valence[i]) / k if with_valence else None, y, vt)
                  for i in range(len(oof))]
         best = int(np.argmax(trial))  # first of equal scores: deterministic tie-break
         if trial[best] <= current:
@@ -206,7 +219,7 @@ def combine(groups: list[Group], strategy: str = "mean") -> Ensemble:
         weights = np.full(len(groups), 1.0 / len(groups))
     if strategy in ("weighted", "greedy"):
         notes.append(f"{strategy} weights are fitted on the out-of-fold predictions, so the "
-                     "cv row is optimistic; judge it by test1/test2/test3")
+                     "cv row is optimistic; judge it by the test splits")
     kind = "prob" if strategy == "prob" else "logits"
     predictions = {split: mix(p, weights, kind) for split, p in parts.items()}
     return Ensemble(strategy, list(groups), weights, predictions, notes)

@@ -34,7 +34,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from mer_ray.constants import DEFAULT_FEATURES, MODALITIES, TEST_SPLITS
+from mer_ray.constants import MER2023, MODALITIES
+from mer_ray.constants import MER2023_FEATURES as DEFAULT_FEATURES
+
+TEST_SPLITS = MER2023.test_splits
 from mer_ray.demo import DEMO_SEEDS, DEMO_WARMUPS, demo_pack_size
 
 # The warmup grid of DESIGN.md (modality dropout from epoch 30, 40 or 50 of 100).

@@ -1,7 +1,8 @@
 """The `mer-ray` command line.
 
 Handlers import their heavy modules lazily so `mer-ray --help` stays fast. A user's
-mistake (InputError) prints one line and exits 2, never a traceback.
+mistake (InputError) prints one line and exits 2; a full or read-only disk
+(StorageError) prints one line saying what to do and exits 1; never a traceback.
 """
 
 from __future__ import annotations
@@ -9,18 +10,18 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mer_ray.constants import DEFAULT_FEATURES
+from mer_ray.constants import MER2023_FEATURES
 from mer_ray.demo import DEMO_SCALE, DEMO_SEEDS
-from mer_ray.errors import InputError
+from mer_ray.errors import InputError, StorageError
 
 
 def cmd_synth(args):
     from mer_ray.data.synth import split_counts, synthesize
 
     out = synthesize(args.out, seed=args.seed, scale=args.scale, overwrite=args.overwrite,
-                     progress=not args.quiet)
-    counts = split_counts(args.scale)
-    print(f"wrote synthetic MER2023 (seed {args.seed}, scale {args.scale}) to {out}")
+                     progress=not args.quiet, dataset=args.dataset)
+    counts = split_counts(args.scale, args.dataset)
+    print(f"wrote synthetic {args.dataset} (seed {args.seed}, scale {args.scale}) to {out}")
     print(f"{'split':<7}{'count':>7}  per class")
     for s, row in counts.items():
         print(f"{s:<7}{sum(row):>7}  {row}")
@@ -33,7 +34,10 @@ def cmd_import(args):
     out = import_mertools(
         args.features, args.labels, args.out, audio=args.audio, text=args.text,
         video=args.video, trust_pickle=args.trust_pickle, overwrite=args.overwrite,
-        progress=not args.quiet,
+        progress=not args.quiet, classes=args.classes.split(",") if args.classes else None,
+        candidates=args.candidates, unlabelled_split=args.unlabelled_split,
+        unlabelled=args.unlabelled, keep_unlabelled=not args.drop_unlabelled,
+        dataset_name=args.dataset_name,
     )
     print(f"wrote feature store {out}")
     print(summary_table(read_manifest(out)))
@@ -56,53 +60,60 @@ def _recipe(args):
     return config
 
 
-def _store_checked(path: str):
-    """Validate the store on the driver (clear error, exit 2) before any worker starts."""
-    from mer_ray.data.store import read_manifest
-
-    return read_manifest(path)
-
-
 def _grid(args) -> list[dict]:
     from mer_ray.presets import field_value
     from mer_ray.run import grid_settings
 
     grid = {}
     if getattr(args, "warmup", None):
-        grid["warmup"] = args.warmup
+        grid["warmup"] = [field_value("warmup", str(w), f"--warmup {w}") for w in args.warmup]
     for text in getattr(args, "grid", []):
         field, _, values = text.partition("=")
+        field = field.strip()
         if not values:
             raise InputError(f"--grid {text!r}: expected FIELD=V1,V2,... e.g. --grid dropout=0.3,0.4")
         grid[field] = [field_value(field, v, f"--grid {text!r}") for v in values.split(",")]
     return grid_settings(grid)
 
 
-def _run_grid(args, settings):
-    """Train every setting of the grid (Ray or in-process). Returns (config, rows): the
-    recipe, and for a Ray Tune run the ResultGrid's (setting, summary) per trial (None
-    otherwise: the caller reads the member files)."""
-    from mer_ray.run import absolute, train_grid_here
-
-    args.store, args.out = absolute(args.store), absolute(args.out)
+def _check_flags(args) -> None:
     if args.pack_size < 1:
         raise InputError(f"--pack-size {args.pack_size}: must be at least 1")
     if args.workers is not None and args.workers < 1:
         raise InputError(f"--workers {args.workers}: must be at least 1")
-    if args.gpus_per_worker < 0:
-        raise InputError(f"--gpus-per-worker {args.gpus_per_worker}: must be 0 or more")
-    config = _recipe(args)
-    for s in settings:
-        config.replace(**s)  # a bad grid value fails here, before anything starts
-    _store_checked(args.store)
-    seeds = args.seeds
-    if args.no_ray:
-        from mer_ray.data.store import read_store
+    if not 0 <= args.gpus_per_worker <= 64:
+        raise InputError(f"--gpus-per-worker {args.gpus_per_worker}: must be in [0, 64]")
+    if args.log_every < 1:
+        raise InputError(f"--log-every {args.log_every}: must be at least 1")
 
-        device = _device(args.device)
-        train_grid_here(read_store(args.store), args.store, config, settings, seeds, args.out,
-                        args.pack_size, device)
-        return config, None
+
+def _run_grid(args, settings):
+    """Check everything, then train every setting of the grid (Ray or in-process).
+    Returns (config, seeds, rows): the recipe, the seeds, and for a Ray Tune run the
+    ResultGrid's (setting, summary) per trial (None otherwise: the caller reads the
+    member files)."""
+    import os
+
+    from mer_ray.preflight import preflight, replace_out
+    from mer_ray.run import absolute, record_run, train_grid_here
+
+    _check_flags(args)
+    args.store, args.out = absolute(args.store), absolute(args.out)
+    config = _recipe(args)
+    configs = [config.replace(**s) for s in settings]  # a bad grid value fails here
+    device = _device(args.device) if args.no_ray else None
+    local = args.no_ray or not (args.address or os.environ.get("RAY_ADDRESS"))
+    checked = preflight(args.store, configs, args.seeds, args.out, args.pack_size,
+                        overwrite=args.overwrite, local=local)
+    if args.overwrite:
+        replace_out(args.out)
+    record_run(args.out, args.store, configs, checked.store.manifest)
+    seeds = checked.seeds
+    if args.no_ray:
+        train_grid_here(checked.store, args.store, config, settings, seeds, args.out,
+                        args.pack_size, device, log_every=args.log_every)
+        return config, seeds, None
+    del checked  # the workers read the store themselves
 
     import ray
 
@@ -111,15 +122,12 @@ def _run_grid(args, settings):
     started = ray_train.connect(args.address)
     try:
         if args.command == "train":
-            from mer_ray.run import record_run
-
             plan = ray_train.plan_workers(args.workers, args.gpus_per_worker)
-            record_run(args.out, args.store, [config])
             ray_train.train_with_ray(args.store, config, seeds, args.out, plan, args.pack_size)
-            return config, None
+            return config, seeds, None
         grid = ray_train.tune_grid(args.store, config, settings, seeds, args.out, args.workers,
                                    args.gpus_per_worker, args.pack_size)
-        return config, [(r.config["setting"], r.metrics) for r in grid]
+        return config, seeds, [(r.config["setting"], r.metrics) for r in grid]
     finally:
         if started:
             ray.shutdown()
@@ -130,10 +138,10 @@ def _device(requested: str | None) -> str:
 
     if requested is None:
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"--device {requested}: this machine has no CUDA GPU; use --device cpu")
     if not (requested == "cpu" or requested.startswith("cuda")):
         raise InputError(f"--device {requested!r}: expected cpu or cuda")
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"--device {requested}: this machine has no CUDA GPU; use --device cpu")
     return requested
 
 
@@ -142,21 +150,72 @@ def cmd_train(args):
 
     from mer_ray.run import read_config_members
 
-    config, _ = _run_grid(args, [{}])
-    members = read_config_members(args.out, config, args.seeds)
+    config, seeds, _ = _run_grid(args, [{}])
+    members = read_config_members(args.out, config, seeds)
     print(f"\n{config.preset}: fold-averaged members of each seed (MERTools protocol)")
     print(seed_table(members))
 
 
 def cmd_tune(args):
-    from mer_ray.run import trial_summary, trial_table
+    from ensembles.groups import trial_summary, trial_table
+
+    from mer_ray.run import read_config_members
 
     settings = _grid(args)
-    config, rows = _run_grid(args, settings)
+    config, seeds, rows = _run_grid(args, settings)
     if rows is None:  # --no-ray: the same summaries, from the member files
-        rows = [(s, trial_summary(args.out, config.replace(**s), args.seeds)) for s in settings]
+        rows = [(s, trial_summary(read_config_members(args.out, config.replace(**s), seeds)))
+                for s in settings]
     print("\ntrials (mean over seeds of each seed's fold-averaged members)")
     print(trial_table(rows))
+
+
+def cmd_predict(args):
+    import time
+
+    from ensembles.output import check_out, write_outputs
+    from mer_ray.predict import Predictor, output_files
+    from mer_ray.storage import exists
+
+    t0 = time.perf_counter()
+    if (args.features is None) == (args.store is None):
+        raise InputError("give either --features DIR or --store STORE [--split NAME]")
+    if args.split and args.store is None:
+        raise InputError("--split goes with --store")
+    check_out(args.out)
+    if exists(args.out) and not args.overwrite:
+        raise InputError(f"--out {args.out} already exists; choose another or pass --overwrite")
+    device = _device(args.device or "cpu")
+    predictor = Predictor.load(args.run, where=args.where, strategy=args.strategy,
+                               device=device)
+    candidates = None
+    if args.candidates:
+        from mer_ray.data.mertools import _candidates_rows
+
+        candidates = _candidates_rows(args.candidates)
+    if args.features is not None:
+        pred = predictor.predict_features(args.features, missing=args.missing,
+                                          candidates=candidates, progress=not args.quiet)
+        source = f"features {args.features}"
+    else:
+        from mer_ray.data.store import read_store
+
+        store = read_store(args.store, verify=True)
+        pred = predictor.predict_store(store, args.split, progress=not args.quiet)
+        source = f"store {args.store} split {args.split or store.dataset.test_splits[0]}"
+    t1 = time.perf_counter()
+    written = write_outputs(args.out, output_files(pred, predictor, source))
+    writing = time.perf_counter() - t1
+    for what, n in pred.zeroed.items():
+        print(f"--missing zero: {n} sample(s) had no {what}; that modality was zeroed for them")
+    print(f"predicted {len(pred.names)} samples with {len(pred.member_logits)} members "
+          f"({predictor.strategy}) in {time.perf_counter() - t0:.1f} s: reading "
+          f"{pred.seconds['reading']:.1f} s, model {pred.seconds['model']:.1f} s, writing "
+          f"{writing:.1f} s")
+    counts = {c: pred.labels.count(c) for c in pred.classes}
+    print("predicted classes: " + ", ".join(f"{c} {n}" for c, n in counts.items()))
+    print(f"wrote submission.csv, predictions.parquet, member_logits.parquet, summary.json "
+          f"to {written}")
 
 
 def cmd_demo(args):
@@ -166,24 +225,62 @@ def cmd_demo(args):
              overwrite=args.overwrite, address=args.address)
 
 
+def _add_train_args(t, name: str) -> None:
+    t.add_argument("--preset", default="robust_v3",
+                   help="baseline, robust_v1, robust_v2 or robust_v3 (default)")
+    t.add_argument("--store", required=True, help="feature store (mer-ray data import), a "
+                   "folder or URI (s3://, gs://, ...)")
+    t.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds (default 0)")
+    t.add_argument("--out", required=True, help="run folder or URI (s3://, gs://, ...)")
+    t.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a preset field, e.g. --set epochs=50 (repeatable)")
+    if name == "tune":
+        t.add_argument("--warmup", type=int, nargs="+", default=[30, 40, 50],
+                       help="warmup grid (default 30 40 50)")
+        t.add_argument("--grid", action="append", default=[], metavar="FIELD=V1,V2",
+                       help="another field to grid over, e.g. --grid dropout=0.3,0.4")
+    t.add_argument("--workers", type=int, default=None,
+                   help="Train workers per run (default: as many as the cluster holds)")
+    t.add_argument("--gpus-per-worker", type=float, default=0,
+                   help="GPUs per Train worker; a fraction shares a GPU (default 0: CPU)")
+    t.add_argument("--pack-size", type=int, default=10,
+                   help="members trained together as one pack per worker (default 10)")
+    t.add_argument("--log-every", type=int, default=10,
+                   help="print each pack's progress every N epochs (default 10)")
+    t.add_argument("--overwrite", action="store_true",
+                   help="replace --out if it holds something other than a mer-ray run")
+    t.add_argument("--address", default=None,
+                   help="Ray cluster to join (default RAY_ADDRESS, else an embedded local "
+                   "Ray with its dashboard on 127.0.0.1:8265)")
+    t.add_argument("--no-ray", action="store_true",
+                   help="train everything in this process without Ray (debugging, and "
+                   "the baseline of the Ray-overhead benchmark)")
+    t.add_argument("--device", default=None, help="--no-ray only: cpu or cuda")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mer-ray",
-        description="Ray-distributed ensemble trainer for MER2023 emotion recognition.",
+        description="Ray-distributed ensemble trainer for multimodal emotion recognition "
+        "(MER2023, MER2024/2025 and datasets like them).",
     )
     sub = p.add_subparsers(dest="command", required=True)
 
     data = sub.add_parser("data", help="create, import and inspect feature stores")
     dsub = data.add_subparsers(dest="data_command", required=True)
 
-    s = dsub.add_parser("synth", help="write a synthetic MER2023 tree (MERTools layout)",
-                        description="Write DIR/features/<feature-name>/<sample>.npy and "
-                        "DIR/labels.csv (name,split,discrete,valence) with MER2023's split "
-                        "sizes, class counts, feature names and dimensions.")
+    s = dsub.add_parser("synth", help="write a synthetic dataset tree (MERTools layout)",
+                        description="Write DIR/features/<feature-name>/<sample>.npy and the "
+                        "dataset's label files: mer2023 (labels.csv with MER2023's split "
+                        "sizes, class counts, feature names and dims), mer2024 (no valence, "
+                        "an unlabelled test set: track1_train_disdim.csv + "
+                        "track_all_candidates.csv) or toy4 (4 classes, small dims).")
     s.add_argument("--out", required=True, help="folder to create")
+    s.add_argument("--dataset", default="mer2023", choices=("mer2023", "mer2024", "toy4"),
+                   help="which dataset's shape (default mer2023)")
     s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     s.add_argument("--scale", type=float, default=1.0,
-                   help="fraction of MER2023's sample counts, for quick runs (default 1.0)")
+                   help="fraction of the dataset's sample counts, for quick runs (default 1.0)")
     s.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_synth)
@@ -191,16 +288,32 @@ def build_parser() -> argparse.ArgumentParser:
     i = dsub.add_parser("import", help="import MERTools features + labels into a store",
                         description="Read <DIR>/<feature-name>/<sample>.npy (a 2-D [T, D] "
                         "array is averaged over T) and labels, validate everything, and "
-                        "write a feature store. Nothing is written unless all input is valid.")
+                        "write a feature store. Samples with features but no label are kept "
+                        "as an unlabelled split. Nothing is written unless all input is valid.")
     i.add_argument("--features", required=True, help="folder holding one folder per feature")
     i.add_argument("--labels", required=True,
-                   help="labels: a CSV with name,split,discrete,valence; a folder of "
-                   "<split>.csv files with name,discrete,valence; or label-6way.npz "
-                   "(needs --trust-pickle)")
-    i.add_argument("--out", required=True, help="feature store folder to create")
+                   help="labels: a CSV name,split,discrete[,valence]; a folder of <split>.csv "
+                   "files name,discrete[,valence]; label-6way.npz / track1_label_6way.npz "
+                   "(needs --trust-pickle); or train labels name,discrete with --candidates")
+    i.add_argument("--out", required=True, help="feature store folder or URI to create")
     for m in ("audio", "text", "video"):
-        i.add_argument(f"--{m}", default=DEFAULT_FEATURES[m][0],
-                       help=f"{m} feature folder name (default {DEFAULT_FEATURES[m][0]})")
+        i.add_argument(f"--{m}", default=MER2023_FEATURES[m][0],
+                       help=f"{m} feature folder name(s), comma-separated, or 'none' "
+                       f"(default {MER2023_FEATURES[m][0]})")
+    i.add_argument("--classes", default=None, metavar="A,B,C",
+                   help="class names in order (default: MER's six when the labels use them, "
+                   "else the sorted set found)")
+    i.add_argument("--candidates", default=None, metavar="CSV",
+                   help="the unlabelled test set's names (column name), e.g. MER2025's "
+                   "track_all_candidates.csv; its order is the submission's")
+    i.add_argument("--unlabelled-split", default="unlabelled", metavar="NAME",
+                   help="split name for samples with features but no label (default "
+                   "unlabelled)")
+    i.add_argument("--unlabelled", action="append", default=[], metavar="SPLIT",
+                   help="treat this labelled-looking split as unlabelled (placeholder labels)")
+    i.add_argument("--drop-unlabelled", action="store_true",
+                   help="leave out feature files that have no label (default: keep them)")
+    i.add_argument("--dataset-name", default=None, help="a name for the dataset")
     i.add_argument("--trust-pickle", action="store_true",
                    help="allow reading label-6way.npz: its dicts are pickled, and unpickling "
                    "runs code stored in the file. Only for a file you trust.")
@@ -220,37 +333,40 @@ def build_parser() -> argparse.ArgumentParser:
             else "Ray Tune over a grid of recipe settings (the warmup grid)",
             description="Train the 5 CV folds x seeds of a recipe as Ray Train workers, each "
             "training its share of members in packs; member files go to OUT/members. "
-            "Re-running with the same --out skips members already saved."
+            "Re-running with the same --out skips members already saved. The store, the "
+            "recipe and --out are checked before anything starts."
             if name == "train" else
             "One Tune trial per grid setting (FIFO: an early-stopping scheduler would kill "
             "ensemble members and compare folds of different difficulty); each trial runs "
             "the Ray Train run of `mer-ray train`. Prints the trials' scores at the end.",
         )
-        t.add_argument("--preset", default="robust_v3",
-                       help="baseline, robust_v1, robust_v2 or robust_v3 (default)")
-        t.add_argument("--store", required=True, help="feature store (mer-ray data import)")
-        t.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds (default 0)")
-        t.add_argument("--out", required=True, help="run folder or URI (s3://, gs://, ...)")
-        t.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                       help="override a preset field, e.g. --set epochs=50 (repeatable)")
-        if name == "tune":
-            t.add_argument("--warmup", type=int, nargs="+", default=[30, 40, 50],
-                           help="warmup grid (default 30 40 50)")
-            t.add_argument("--grid", action="append", default=[], metavar="FIELD=V1,V2",
-                           help="another field to grid over, e.g. --grid dropout=0.3,0.4")
-        t.add_argument("--workers", type=int, default=None,
-                       help="Train workers per run (default: as many as the cluster holds)")
-        t.add_argument("--gpus-per-worker", type=float, default=0, help="default 0 (CPU)")
-        t.add_argument("--pack-size", type=int, default=10,
-                       help="members trained together as one pack per worker (default 10)")
-        t.add_argument("--address", default=None,
-                       help="Ray cluster to join (default RAY_ADDRESS, else an embedded local "
-                       "Ray with its dashboard on 127.0.0.1:8265)")
-        t.add_argument("--no-ray", action="store_true",
-                       help="train everything in this process without Ray (debugging, and "
-                       "the baseline of the Ray-overhead benchmark)")
-        t.add_argument("--device", default=None, help="--no-ray only: cpu or cuda")
+        _add_train_args(t, name)
         t.set_defaults(func=cmd_train if name == "train" else cmd_tune)
+
+    pr = sub.add_parser(
+        "predict", help="predict new (unlabelled) features with a run's kept members",
+        description="Load the members of RUN (or those --where / --strategy pick, as "
+        "`ensemble score` would), run them on a MERTools feature folder or a store split, "
+        "average like the ensemble, and write submission.csv, predictions.parquet, "
+        "member_logits.parquet and summary.json to --out.")
+    pr.add_argument("run", metavar="RUN", nargs="+", help="run folder(s) or URI(s)")
+    pr.add_argument("--features", default=None, metavar="DIR",
+                    help="MERTools feature folder: DIR/<feature-name>/<sample>.npy")
+    pr.add_argument("--store", default=None, help="a feature store to predict instead")
+    pr.add_argument("--split", default=None, help="--store's split (default: its only test split)")
+    pr.add_argument("--candidates", default=None, metavar="CSV",
+                    help="sample names (column name) to predict, in the submission's order")
+    pr.add_argument("--out", required=True, help="output folder (created)")
+    pr.add_argument("--missing", default="error", choices=("error", "zero"),
+                    help="a sample lacking a modality: refuse (default) or zero that modality")
+    pr.add_argument("--strategy", choices=("mean", "prob", "weighted", "greedy"),
+                    default="mean", help="as for `ensemble score` (default mean)")
+    pr.add_argument("--where", default=None, metavar="EXPR",
+                    help="keep only members matching EXPR, as for `ensemble score`")
+    pr.add_argument("--device", default=None, help="cpu (default) or cuda")
+    pr.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    pr.add_argument("--quiet", action="store_true", help="no progress bars")
+    pr.set_defaults(func=cmd_predict)
 
     from ensembles.cli import register
     from mer_ray.bench import add_parser as add_bench
@@ -281,9 +397,9 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except InputError as e:
+    except (InputError, StorageError) as e:
         print(f"mer-ray: error: {e}", file=sys.stderr)
-        return 2
+        return e.exit_code
     except BrokenPipeError:
         # Output piped into e.g. `head` that closed early: not an error worth a traceback.
         import os

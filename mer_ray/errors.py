@@ -1,9 +1,20 @@
-"""The one exception type that means "the user's input is wrong".
+"""The exceptions that mean "tell the user in one line", never with a traceback.
 
-The CLI turns it into a one-line message and exit code 2, never a traceback. Raise it at
-the boundary with what was wrong, where (file, sample, field) and how to fix it.
+- `InputError`: the user's input is wrong (exit code 2). Raise it at the boundary with
+  what was wrong, where (file, sample, field) and how to fix it.
+- `StorageError`: the machine stopped us (a full or read-only disk, unreachable
+  storage; exit code 1). Nothing finished is lost: the message says what to do, which
+  is usually "free space and run the same command again to resume".
 """
 
 
 class InputError(Exception):
     """Bad user input: message names the file/sample/field and the fix."""
+
+    exit_code = 2
+
+
+class StorageError(Exception):
+    """Writing or reading storage failed for a reason outside the user's input."""
+
+    exit_code = 1

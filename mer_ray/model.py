@@ -1,52 +1,81 @@
 """The MERBench "attention" model (utterance features) as a *pack* of K members.
 
-Every weight carries a leading member dimension K, so K independent models train in one
-set of batched matmuls (torch.baddbmm). Inputs are [K, B, D_m] per modality.
+The readable definition is `mer_ray/reference.py` (a plain nn.Module); this file is the
+same model with every weight carrying a leading member dimension K, so K independent
+models train in one set of batched matmuls (torch.baddbmm). Tests check the two agree
+member by member (`pytest -k reference`).
 
 Per modality: dropout on the input, then 3 x (Linear + ReLU) to H. Fusion: concatenate
-the three (masked) hidden vectors (3H), an encoder of the same kind to H, Linear H->3 gives
-three raw attention weights (no softmax); fused = sum_m w_m * h_m. Heads: Linear H->6
-(emotion logits) and Linear H->1 (valence). About 1.07 M parameters per member at H=128
-with dims 1024 / 5120 / 768.
+the (masked) hidden vectors (M*H for M modalities), an encoder of the same kind to H,
+Linear H->M gives M raw attention weights (no softmax); fused = sum_m w_m * h_m. Heads:
+Linear H->C (emotion logits) and, where the dataset has valence, Linear H->1. About
+1.07 M parameters per member at H=128 with MER2023's dims 1024 / 5120 / 768.
 
-Dropout masks are supplied by the caller (the trainer draws them from each member's own
-generator) so that a member's randomness does not depend on the pack it sits in.
+Weights are a dict of stacked tensors: `<encoder>.<i>.W` [K, in, out] and
+`<encoder>.<i>.b` [K, 1, out] for encoder in (modalities..., "fusion") and i in 0..2,
+then `attention`, `emotion` and `valence` (.W/.b). Randomness (dropout masks) is passed
+in by the caller, so a member's result never depends on the pack it sits in.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
-from mer_ray.constants import MODALITIES
-
-N_CLASSES = 6
-ENCODER_INPUTS = MODALITIES + ("fusion",)
+FUSION = "fusion"
+ENCODER_DEPTH = 3
 
 
-def layer_shapes(dims: dict[str, int], hidden: int) -> list[tuple[str, int, int]]:
+@dataclass(frozen=True)
+class ModelShape:
+    """Everything that fixes a member's weight shapes."""
+
+    dims: tuple[tuple[str, int], ...]  # (modality, input dim) of the modalities used, in order
+    hidden: int
+    n_classes: int
+    valence: bool  # a valence head
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return tuple(m for m, _ in self.dims)
+
+    def to_dict(self) -> dict:
+        return {"dims": {m: d for m, d in self.dims}, "hidden": self.hidden,
+                "n_classes": self.n_classes, "valence": self.valence}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelShape":
+        return cls(tuple((m, int(v)) for m, v in d["dims"].items()), int(d["hidden"]),
+                   int(d["n_classes"]), bool(d["valence"]))
+
+
+def layer_shapes(shape: ModelShape) -> list[tuple[str, int, int]]:
     """(name, fan_in, fan_out) of every Linear, in the (fixed) initialisation order."""
+    h, n_mod = shape.hidden, len(shape.dims)
     out = []
-    for m in ENCODER_INPUTS:
-        d_in = dims[m] if m != "fusion" else 3 * hidden
-        for i in range(3):
-            out.append((f"{m}.{i}", d_in if i == 0 else hidden, hidden))
-    out += [("attention", hidden, 3), ("emotion", hidden, N_CLASSES), ("valence", hidden, 1)]
+    for encoder, d_in in list(shape.dims) + [(FUSION, n_mod * h)]:
+        for i in range(ENCODER_DEPTH):
+            out.append((f"{encoder}.{i}", d_in if i == 0 else h, h))
+    out += [("attention", h, n_mod), ("emotion", h, shape.n_classes)]
+    if shape.valence:
+        out.append(("valence", h, 1))
     return out
 
 
-def init_member(dims: dict[str, int], hidden: int, generator: torch.Generator) -> dict:
+def init_member(shape: ModelShape, generator: torch.Generator) -> dict:
     """One member's weights, drawn like nn.Linear's default init from its own generator:
     U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight (drawn [out, in]) then bias.
     Stored as W [in, out] and b [1, out]."""
     params = {}
-    for name, fan_in, fan_out in layer_shapes(dims, hidden):
+    for name, fan_in, fan_out in layer_shapes(shape):
         bound = 1.0 / math.sqrt(fan_in)
-        w = (torch.rand(fan_out, fan_in, generator=generator) * 2 - 1) * bound
-        b = (torch.rand(fan_out, generator=generator) * 2 - 1) * bound
-        params[f"{name}.W"] = w.t().contiguous()
-        params[f"{name}.b"] = b.reshape(1, fan_out)
+        weight = (torch.rand(fan_out, fan_in, generator=generator) * 2 - 1) * bound
+        bias = (torch.rand(fan_out, generator=generator) * 2 - 1) * bound
+        params[f"{name}.W"] = weight.t().contiguous()
+        params[f"{name}.b"] = bias.reshape(1, fan_out)
     return params
 
 
@@ -56,6 +85,7 @@ def stack(members: list[dict]) -> dict:
 
 
 def unstack(params: dict, k: int) -> dict:
+    """Member k's weights out of a pack (detached copies)."""
     return {n: p[k].detach().clone() for n, p in params.items()}
 
 
@@ -67,32 +97,38 @@ def param_count(params: dict, per_member: bool = True) -> int:
     return total
 
 
+class PackOutput(NamedTuple):
+    logits: torch.Tensor  # [K, B, C]
+    valence: torch.Tensor | None  # [K, B], None without a valence head
+    hidden: list[torch.Tensor]  # per modality [K, B, H], after the modality mask
+    fused: torch.Tensor  # [K, B, H]
+
+
 def _linear(params, name, x):
     return torch.baddbmm(params[f"{name}.b"], x, params[f"{name}.W"])
 
 
-def _encoder(params, name, x, drop_mask=None):
-    if drop_mask is not None:
-        x = x * drop_mask
-    for i in range(3):
+def _encoder(params, name, x, dropout_mask=None):
+    if dropout_mask is not None:
+        x = x * dropout_mask
+    for i in range(ENCODER_DEPTH):
         x = torch.relu(_linear(params, f"{name}.{i}", x))
     return x
 
 
-def forward(params: dict, xs, modality_mask=None, dropout_masks=None):
-    """xs: sequence of 3 tensors [K, B, D_m] (MODALITIES order).
-    modality_mask: [K, B, 3] multiplier on each modality's encoder output (0 drops it).
-    dropout_masks: None (eval) or 4 tensors broadcastable to each encoder input
-    (audio, text, video, fusion), already scaled by 1/(1-p).
-    Returns (logits [K, B, 6], valence [K, B])."""
-    dm = dropout_masks or (None,) * 4
-    hs = [_encoder(params, m, x, dm[i]) for i, (m, x) in enumerate(zip(MODALITIES, xs))]
-    if modality_mask is not None:
-        hs = [h * modality_mask[..., i : i + 1] for i, h in enumerate(hs)]
-    fused_in = torch.cat(hs, dim=-1)
-    z = _encoder(params, "fusion", fused_in, dm[3])
-    w = _linear(params, "attention", z)  # [K, B, 3] raw weights, no softmax
-    fused = sum(w[..., i : i + 1] * h for i, h in enumerate(hs))
-    logits = _linear(params, "emotion", fused)
-    valence = _linear(params, "valence", fused).squeeze(-1)
-    return logits, valence
+def forward(params: dict, xs: dict, modality_mask=None, dropout_masks=None) -> PackOutput:
+    """xs: {modality: [K, B, D_m]} in the shape's modality order.
+    modality_mask: [K, B, M] multiplier on each modality's encoder output (0 drops it).
+    dropout_masks: None (eval) or M + 1 tensors (or Nones) broadcastable to each
+    encoder input (the modalities', then fusion's), already scaled by 1/(1-p)."""
+    n_mod = len(xs)
+    masks = dropout_masks or (None,) * (n_mod + 1)
+    hidden = [_encoder(params, m, x, masks[i]) for i, (m, x) in enumerate(xs.items())]
+    if modality_mask is not None:  # each hidden [K, B, H]
+        hidden = [h * modality_mask[..., i : i + 1] for i, h in enumerate(hidden)]
+    z = _encoder(params, FUSION, torch.cat(hidden, dim=-1), masks[n_mod])  # [K, B, H]
+    weights = _linear(params, "attention", z)  # [K, B, M] raw weights, no softmax
+    fused = sum(weights[..., i : i + 1] * h for i, h in enumerate(hidden))  # [K, B, H]
+    logits = _linear(params, "emotion", fused)  # [K, B, C]
+    valence = _linear(params, "valence", fused).squeeze(-1) if "valence.W" in params else None
+    return PackOutput(logits, valence, hidden, fused)

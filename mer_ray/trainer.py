@@ -1,132 +1,68 @@
 """The pack trainer: K members (fold, seed) sharing one TrainConfig, trained together.
 
-Each member owns a torch.Generator seeded from (seed, fold); its init, shuffle order,
-dropout masks and modality-dropout masks are all drawn from it, member by member, so a
-member's result does not depend on which other members share its pack (up to float
-rounding of the batched matmuls).
+Read `mer_ray/reference.py` first: it is the same recipe for one member in plain
+PyTorch (nn.Module, torch.optim.Adam, clip_grad_norm_, ReduceLROnPlateau), and tests
+check this trainer against it step by step. Here the same thing runs for a whole pack.
+
+Each member owns a torch.Generator seeded from (seed, fold) for its init and its shuffle
+order, and a key for the counter-based generator (mer_ray.masks) that draws its dropout
+masks, modality-dropout masks and feature noise. Neither depends on which other members
+share its pack, so a member's result does not either (up to float rounding of the
+batched matmuls).
 
 Batches: each member walks its own permutation of its training rows in batches of
 `batch_size`; the pack runs max-over-members steps per epoch, short batches are padded
 with zero-weight rows and a member with no rows left in a step is skipped entirely
-(no gradient, no Adam update, no random draws).
+(no gradient, no Adam update).
 
-Optimiser: Adam with L2 weight decay (grad += wd * p, as torch.optim.Adam), written by
-hand on the stacked weights with a per-member learning rate and step count; gradient
+Loss: cross-entropy (+ valence MSE where the dataset has valence, + the contrastive
+term where `contrastive_weight` > 0). Optimiser: Adam with L2 weight decay on the
+stacked weights (mer_ray.pack_adam), per-member learning rate and step count; gradient
 clipping by each member's own global norm (as clip_grad_norm_); ReduceLROnPlateau
-(mode max, as torch's defaults: threshold 1e-4 rel) and early stopping on the held-out
-fold's combined metric (F1 - 0.25 MSE). Early stopping never ends a member before it has
-run warmup + patience epochs. The best epoch's weights are kept and predict oof/test1-3
-(plus each modality mask of members.MASKS). Finished members are dropped from the pack.
+(mode max, torch's defaults: threshold 1e-4 rel) and early stopping on the held-out
+fold's metric (F1 - 0.25 MSE, or F1 without valence). Early stopping never ends a
+member before it has run warmup + patience epochs. A member whose loss or held-out
+metric becomes non-finite stops there (its best finite epoch is kept; with none it is
+saved as failed) and never takes its pack down. The best epoch's weights are kept and
+predict the held-out fold and every test split (plus each modality mask of
+members.mask_sets). Finished members are dropped from the pack.
+
+Progress: after every epoch `on_epoch(EpochProgress)` gets the numbers (printing, Ray
+reports, TensorBoard and the benchmark are its consumers; none parse text).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import time
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.optim.adam import adam
 
 from mer_ray import model as M
-from mer_ray.constants import MODALITIES, TEST_SPLITS
+from mer_ray.errors import InputError
 from mer_ray.folds import make_folds
-from mer_ray.members import MASKS, MemberResult, SplitPredictions, mask_key, member_id
+from mer_ray.masks import PackRandom, member_key
+from mer_ray.members import MemberResult, SplitPredictions, mask_key, mask_sets, member_id
 from mer_ray.metrics import score
+from mer_ray.pack_adam import PackAdam, clip_per_member
 
-BETAS = (0.9, 0.999)
-EPS = 1e-8
 PLATEAU_THRESHOLD = 1e-4  # torch ReduceLROnPlateau default (rel)
 EVAL_CHUNK = 1024
 
 
 def member_generator(seed: int, fold: int, device="cpu", stream: str = "") -> torch.Generator:
-    """The member's own random stream (on `device`): its result never depends on who
-    else shares the pack."""
+    """The member's own random stream for its init and shuffles: its result never
+    depends on who else shares the pack."""
     digest = hashlib.sha256(f"mer-ray/{int(seed)}/{int(fold)}{stream}".encode()).digest()
     g = torch.Generator(device=device)
     g.manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
     return g
-
-
-# ---------------------------------------------------------------- Adam on stacked weights
-class PackAdam:
-    """torch.optim.Adam (L2 weight decay, no amsgrad) on stacked [K, ...] weights with a
-    per-member lr [K] and step count [K]; inactive members are left untouched.
-
-    Members are updated by torch's own fused Adam kernel (torch.optim.adam.adam,
-    fused=True): one call per run of neighbouring members that share learning rate and
-    step count, over the contiguous slice [i:j] of every stacked weight. The update is
-    element-wise, so a member's result is the same whichever run it lands in; in the
-    common case (one lr, every member active) a whole pack is one call instead of one
-    per member and weight (Adam is memory-bound at batch 32)."""
-
-    def __init__(self, params: dict, lr, weight_decay: float, betas=BETAS, eps=EPS):
-        self.params = params
-        k = next(iter(params.values())).shape[0]
-        self.lr = torch.as_tensor(lr, dtype=torch.float64).expand(k).clone()
-        self.wd = weight_decay
-        self.betas, self.eps = betas, eps
-        self.m = {n: torch.zeros_like(p) for n, p in params.items()}
-        self.v = {n: torch.zeros_like(p) for n, p in params.items()}
-        self.count = [0] * k  # Adam steps taken by each member
-
-    @property
-    def step_count(self) -> torch.Tensor:
-        return torch.tensor(self.count, dtype=torch.float64)
-
-    @torch.no_grad()
-    def step(self, active=None):
-        k = len(self.count)
-        active = [True] * k if active is None else [bool(a) for a in active]
-        lrs = self.lr.tolist()
-        names = [n for n, p in self.params.items() if p.grad is not None]
-        dev = self.params[names[0]].device
-        i = 0
-        while i < k:
-            if not active[i]:
-                i += 1
-                continue
-            j = i + 1
-            while j < k and active[j] and lrs[j] == lrs[i] and self.count[j] == self.count[i]:
-                j += 1
-            # The kernel reads (and increments) one step tensor per weight; torch.full
-            # makes them without a host-to-device copy on a GPU.
-            steps = torch.full((len(names),), float(self.count[i]), device=dev).unbind()
-            adam([self.params[n].detach()[i:j] for n in names],
-                 [self.params[n].grad[i:j] for n in names],
-                 [self.m[n][i:j] for n in names], [self.v[n][i:j] for n in names], [],
-                 list(steps), fused=True, amsgrad=False, beta1=self.betas[0],
-                 beta2=self.betas[1], lr=lrs[i], weight_decay=self.wd, eps=self.eps,
-                 maximize=False)
-            for x in range(i, j):
-                self.count[x] += 1
-            i = j
-
-    def select(self, keep: torch.Tensor, params: dict):
-        self.params = params
-        keep_list = keep.cpu().tolist()
-        self.lr = self.lr[keep.cpu()]
-        self.count = [self.count[i] for i in keep_list]
-        keep = keep.to(next(iter(params.values())).device)
-        self.m = {n: x[keep].contiguous() for n, x in self.m.items()}
-        self.v = {n: x[keep].contiguous() for n, x in self.v.items()}
-
-
-def clip_per_member(params: dict, max_norm: float) -> torch.Tensor:
-    """Scale each member's gradients by min(1, max_norm / (its global norm + 1e-6))."""
-    grads = [p.grad for p in params.values() if p.grad is not None]
-    k = grads[0].shape[0]
-    # one [n_weights, K] stack instead of a pow and an add per weight (K = 1 is mostly
-    # small-op overhead)
-    per_weight = torch.stack([torch.linalg.vector_norm(g.reshape(k, -1), dim=1) for g in grads])
-    norm = per_weight.square().sum(0).sqrt()
-    coef = (max_norm / (norm + 1e-6)).clamp(max=1.0)
-    torch._foreach_mul_(grads, [coef.view((k,) + (1,) * (g.dim() - 1)) for g in grads])
-    return norm
 
 
 def flush_denormals() -> None:
@@ -169,16 +105,47 @@ def keep_freed_memory():
         pass
 
 
+# ---------------------------------------------------------------- the data a recipe sees
+class TrainData:
+    """The store as one recipe trains on it: the chosen feature of each modality as a
+    tensor on the device, labels, valence, the split rows, the model's shape."""
+
+    def __init__(self, store, config, device):
+        device = torch.device(device)
+        self.store, self.device = store, device
+        self.dataset = store.dataset
+        self.modalities = store.modalities
+        self.feature_names = {m: config.feature_of(m) or store.feature_names(m)[0]
+                              for m in self.modalities}
+        self.x = {}
+        for m in self.modalities:
+            arr = np.ascontiguousarray(store.feature(m, self.feature_names[m]), np.float32)
+            with warnings.catch_warnings():
+                # The store's arrays are read-only views of the Parquet buffers; the
+                # trainer only reads features, so share them instead of copying 139 MB.
+                warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+                self.x[m] = torch.from_numpy(arr).to(device)
+        self.shape = M.ModelShape(tuple((m, int(self.x[m].shape[1])) for m in self.modalities),
+                                  config.hidden_dim, self.dataset.n_classes,
+                                  self.dataset.has_valence)
+        self.emotion = torch.from_numpy(np.maximum(store.emotion, 0)).to(device)
+        valence = torch.from_numpy(store.valence.astype(np.float32))
+        self.has_valence = (~torch.isnan(valence)).to(device)
+        self.valence = torch.nan_to_num(valence).to(device)
+        self.train_rows = store.rows("train")
+        self.metric = self.dataset.metric_name()
+
+    def features_info(self) -> dict:
+        return {m: {"feature": self.feature_names[m], "dim": d} for m, d in self.shape.dims}
+
+
 # ---------------------------------------------------------------- per-member state
 class _Member:
-    def __init__(self, fold, seed, train_idx, val_idx, config, device):
+    def __init__(self, fold, seed, train_idx, val_idx, config):
         self.fold, self.seed = fold, seed
+        self.id = member_id(config.to_dict(), fold, seed)
         self.train_idx, self.val_idx = train_idx, val_idx
-        # init and shuffles on the CPU; dropout masks where the model runs, so a GPU
-        # step needs no host-to-device copy (on CPU both are the same stream)
-        self.g = member_generator(seed, fold)
-        self.mask_g = self.g if device.type == "cpu" else member_generator(seed, fold, device, "/masks")
-        self.lr = config.lr
+        self.g = member_generator(seed, fold)  # init and shuffles
         self.best = -math.inf
         self.best_epoch = -1
         self.best_weights = None
@@ -186,57 +153,23 @@ class _Member:
         self.bad_epochs = 0
         self.history: list[dict] = []
         self.done = False
+        self.stop_reason = None
         self.perm = None
 
 
-def draw_modality_mask(g: torch.Generator, b: int, p: float) -> torch.Tensor:
-    """[b, 3] keep-multipliers on g's device: each modality dropped with prob p, never all
-    three (where all three fall, one chosen uniformly is kept). Always draws the same amount."""
-    drop = torch.rand(b, 3, generator=g, device=g.device) < p
-    keep_one = torch.randint(0, 3, (b,), generator=g, device=g.device)
-    all3 = drop.all(1)
-    drop[all3, keep_one[all3]] = False
-    return (~drop).float()
+@dataclass
+class EpochProgress:
+    """One epoch of one pack, as the trainer reports it to `on_epoch`."""
 
-
-def dropout_threshold(p: float) -> tuple[int, float]:
-    """Inverted dropout from 16-bit uniforms: a unit is kept when its int16 draw >= thr.
-    Returns (thr, 1/P(keep)). p is rounded to a multiple of 2**-16 (exact for 0.5; 0.35
-    becomes 0.350006). Why not torch.rand: one 64-bit draw gives four 16-bit uniforms,
-    and drawing the masks was the largest non-matmul cost of a step (0.85 -> 0.26 ms per
-    member-step on this CPU for robust_v3's 233k dropout units)."""
-    if not 0 <= p < 1:
-        raise ValueError(f"dropout must be in [0, 1), got {p}")
-    thr = min(round(p * 65536), 65535) - 32768
-    return thr, 65536 / (32768 - thr)
-
-
-class DropoutBits:
-    """Per-member random int16 words for every dropout unit of a step: [K, n] drawn
-    member by member (64 bits = four units per draw) from each member's own generator,
-    turned into the scaled keep-masks (0 or 1/(1-p)) of the four encoder inputs."""
-
-    def __init__(self, k: int, bs: int, widths: list[int], p: float, device):
-        self.thr, self.scale = dropout_threshold(p)
-        n = bs * sum(widths)
-        n += -n % 4  # whole 64-bit words
-        self.bits = torch.empty(k, n, dtype=torch.int16, device=device)
-        self.words = self.bits.view(torch.int64)
-        self.views, at = [], 0
-        for w in widths:
-            self.views.append(self.bits[:, at : at + bs * w].view(k, bs, w))
-            at += bs * w
-        # reused every step (the previous step's backward is done with them)
-        self.out = [torch.empty(k, bs, w, device=device) for w in widths]
-
-    def draw(self, i: int, g: torch.Generator):
-        self.words[i].random_(-(2**63), None, generator=g)  # the full 64-bit range
-
-    def masks(self) -> list[torch.Tensor]:
-        for v, out in zip(self.views, self.out):
-            torch.ge(v, self.thr, out=out)  # straight to float: no bool tensor to convert
-            out.mul_(self.scale)
-        return self.out
+    epoch: int  # 0-based
+    epochs: int  # the recipe's maximum
+    seconds: float
+    member_ids: list[str]  # the members that ran this epoch
+    rows: list[dict]  # their history rows (train_loss, val_f1, ..., lr), same order
+    finished: list[str]  # ids that finished at this epoch
+    best: list[float]  # each member's best held-out metric so far, same order
+    metric: str  # "combined" or "f1"
+    pack_size: int  # members in the pack at the start
 
 
 def _epoch_plan(live, bs: int):
@@ -260,14 +193,15 @@ def _epoch_plan(live, bs: int):
 
 
 @torch.no_grad()
-def predict_pack(params: dict, feats, rows: list[np.ndarray], mask=None):
-    """Eval-mode predictions of each member k on rows[k] (numpy indices into feats).
-    mask: None or a length-3 keep vector applied to every row.
-    Returns [(logits [n_k, 6], valence [n_k])] as numpy."""
+def predict_pack(params: dict, x: dict, rows: list[np.ndarray], mask=None):
+    """Eval-mode predictions of each member k on rows[k] (numpy indices into x's rows).
+    mask: None or a length-M keep vector applied to every row.
+    Returns [(logits [n_k, C], valence [n_k] or None)] as numpy."""
     k = len(rows)
     n_max = max(len(r) for r in rows)
     out_l = [[] for _ in range(k)]
     out_v = [[] for _ in range(k)]
+    dev = next(iter(params.values())).device
     for start in range(0, n_max, EVAL_CHUNK):
         idx = np.zeros((k, min(EVAL_CHUNK, n_max - start)), dtype=np.int64)
         lens = []
@@ -275,192 +209,271 @@ def predict_pack(params: dict, feats, rows: list[np.ndarray], mask=None):
             part = r[start : start + idx.shape[1]]
             idx[i, : len(part)] = part
             lens.append(len(part))
-        dev = next(iter(params.values())).device
         if all(r is rows[0] for r in rows):
             # Test splits: every member sees the same rows; one gathered copy viewed K
             # times instead of K copies (a 25-pack's test chunk: 28 MB, not 700 MB).
             t = torch.from_numpy(idx[0]).to(dev)
-            xs = [feats[m][t].expand(k, -1, -1) for m in MODALITIES]
+            xs = {m: v[t].expand(k, -1, -1) for m, v in x.items()}
         else:
             t = torch.from_numpy(idx).to(dev)
-            xs = [feats[m][t] for m in MODALITIES]
-        mm = None
+            xs = {m: v[t] for m, v in x.items()}
+        modality_mask = None
         if mask is not None:
-            mm = torch.as_tensor(mask, dtype=torch.float32, device=dev).expand(k, idx.shape[1], 3)
-        lg, va = M.forward(params, xs, mm)
+            modality_mask = torch.as_tensor(mask, dtype=torch.float32, device=dev).expand(
+                k, idx.shape[1], len(x))
+        out = M.forward(params, xs, modality_mask)
         for i, n in enumerate(lens):
-            out_l[i].append(lg[i, :n].cpu().numpy())
-            out_v[i].append(va[i, :n].cpu().numpy())
-    return [(np.concatenate(a), np.concatenate(b)) for a, b in zip(out_l, out_v)]
+            out_l[i].append(out.logits[i, :n].float().cpu().numpy())
+            if out.valence is not None:
+                out_v[i].append(out.valence[i, :n].float().cpu().numpy())
+    return [(np.concatenate(a), np.concatenate(b) if b else None) for a, b in zip(out_l, out_v)]
 
 
-def train_pack(store, config, specs, device: str = "cpu", log=print) -> list[MemberResult]:
+def contrastive_loss(hidden: list, fused, weight, modality_mask, temperature: float):
+    """InfoNCE of each modality's hidden vector against the fused vector, per member [K].
+
+    Why the fused vector and not the other modalities: the heads read only the fused
+    vector, so pulling every modality towards it is what makes the prediction survive
+    a missing modality; it needs M terms rather than M(M-1)/2 pairs, and every sample
+    has a fused vector even where modality dropout removed some of its modalities.
+    Anchors are the batch's real rows whose modality is present (a dropped modality's
+    hidden vector is zero: no direction to align); negatives are the other real rows'
+    fused vectors. Cosine similarity over `temperature`; modalities with no anchor add 0."""
+    real = weight > 0  # [K, B]
+    f = F.normalize(fused, dim=-1)
+    blocked = (~real).unsqueeze(1)  # [K, 1, B]: padded rows are never negatives
+    total = torch.zeros(fused.shape[0], device=fused.device)
+    for i, h in enumerate(hidden):
+        sim = torch.bmm(F.normalize(h, dim=-1), f.transpose(1, 2)) / temperature  # [K, B, B]
+        sim = sim.masked_fill(blocked, -1e4)
+        per_row = torch.logsumexp(sim, dim=-1) - sim.diagonal(dim1=1, dim2=2)  # [K, B]
+        anchor = real if modality_mask is None else real & (modality_mask[..., i] > 0)
+        anchor = anchor.float()
+        total = total + (per_row * anchor).sum(1) / anchor.sum(1).clamp(min=1)
+    return total / len(hidden)
+
+
+def _precision_context(precision: str, device: torch.device):
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def matmul_precision(precision: str):
+    """TF32 matmuls for `tf32` (CUDA only; on the CPU fp32 and tf32 are the same)."""
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+    torch.backends.cudnn.allow_tf32 = precision == "tf32"
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def feature_std(data: TrainData, members) -> dict:
+    """Per modality [K, 1, D]: each member's training rows' standard deviation per
+    feature dimension (the unit of `feature_noise_<modality>`)."""
+    out = {}
+    for m, x in data.x.items():
+        out[m] = torch.stack([x[torch.from_numpy(mb.train_idx).to(x.device)].std(0)
+                              for mb in members]).unsqueeze(1)
+    return out
+
+
+def train_pack(store, config, specs, device: str = "cpu", on_epoch=None, data=None
+               ) -> list[MemberResult]:
     """Train members (fold, seed) of one config together; returns their MemberResults
-    in the order of `specs`."""
+    in the order of `specs`. `data` (TrainData) may be passed to share it between packs."""
     keep_freed_memory()
     flush_denormals()
     device = torch.device(device)
-    cfg = config.to_dict()
-    dims = {m: int(store.features[m].shape[1]) for m in MODALITIES}
-    feats = {}
-    for m in MODALITIES:
-        x = np.ascontiguousarray(store.features[m], dtype=np.float32)
-        with warnings.catch_warnings():
-            # The store's arrays are read-only views of the Parquet buffers; the trainer
-            # only ever reads features, so share them instead of copying 139 MB per pack.
-            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-            feats[m] = torch.from_numpy(x).to(device)
-    emotion = torch.from_numpy(store.emotion.astype(np.int64))
-    valence = torch.from_numpy(store.valence.astype(np.float32))
-    has_val = (~torch.isnan(valence)).to(device)
-    valence = torch.nan_to_num(valence).to(device)
-    emotion = emotion.to(device)
-    train_rows = store.rows("train")
-    folds = make_folds(store.emotion[train_rows], config.n_folds, config.fold_seed)
-
-    members = []
-    for fold, seed in specs:
-        tr, va = folds[fold]
-        members.append(
-            _Member(fold, seed, train_rows[tr], train_rows[va], config, device)
-        )
-    params = M.stack([M.init_member(dims, config.hidden_dim, m.g) for m in members])
-    params = {n: p.to(device).requires_grad_(True) for n, p in params.items()}
-    opt = PackAdam(params, [m.lr for m in members], config.weight_decay)
+    data = data or TrainData(store, config, device)
+    shape = data.shape
+    folds = make_folds(store.emotion[data.train_rows], config.n_folds, config.fold_seed)
+    members = [_Member(fold, seed, data.train_rows[folds[fold][0]],
+                       data.train_rows[folds[fold][1]], config) for fold, seed in specs]
+    try:
+        params = M.stack([M.init_member(shape, m.g) for m in members])
+        params = {n: p.to(device).requires_grad_(True) for n, p in params.items()}
+        opt = PackAdam(params, [config.lr] * len(members), config.weight_decay)
+    except (RuntimeError, MemoryError) as e:  # e.g. a hidden size that cannot be allocated
+        raise InputError(f"cannot allocate {len(members)} member(s) of hidden_dim "
+                         f"{config.hidden_dim} on {device} ({str(e).splitlines()[0]}); "
+                         "lower hidden_dim or --pack-size") from None
     live = list(members)  # members in the pack, in slice order
-    bs = config.batch_size
-    p_drop = config.dropout
+    bs, n_mod = config.batch_size, len(shape.dims)
+    widths = [d for _, d in shape.dims] + [n_mod * config.hidden_dim]
+    rand = PackRandom([member_key(m.seed, m.fold) for m in members], bs, widths, device)
+    drop_probs = [config.modality_dropout_of(m) for m in shape.modalities]
+    noise = {m: getattr(config, f"feature_noise_{m}") for m in shape.modalities}
+    noise_std = feature_std(data, members) if any(noise.values()) else None
 
-    for epoch in range(config.epochs):
-        t0 = time.perf_counter()
-        k = len(live)
-        idx, weight, active = _epoch_plan(live, bs)
-        steps = len(active)
-        idx, weight = torch.from_numpy(idx).to(device), torch.from_numpy(weight).to(device)
-        mod_drop = config.modality_dropout > 0 and epoch >= config.warmup
-        # Reused per step: 16 random bits per (member, row, input unit).
-        widths = [dims[mod] for mod in MODALITIES] + [3 * config.hidden_dim]
-        bits = DropoutBits(k, bs, widths, p_drop, device) if p_drop > 0 else None
-        loss_sum = torch.zeros(k, device=device)
-        for s in range(steps):
-            mmask = torch.ones(k, bs, 3, device=device) if mod_drop else None
-            for i, m in enumerate(live):
-                if not active[s, i]:  # a member with no rows left draws nothing
-                    continue
-                if bits is not None:
-                    bits.draw(i, m.mask_g)
-                if mod_drop:
-                    mmask[i] = draw_modality_mask(m.mask_g, bs, config.modality_dropout)
-            dm = bits.masks() if bits is not None else [None] * 4
-            t = idx[s]
-            # index_select copies whole rows (about 2x faster here than feats[mod][t])
-            xs = [feats[mod].index_select(0, t.reshape(-1)).view(k, bs, -1) for mod in MODALITIES]
-            if bits is not None:
-                # the gathered rows are this step's own copies: drop inputs in place
-                # and leave the model only the fusion input's mask
-                for x, keep in zip(xs, dm):
-                    x.mul_(keep)
-                dm = [None, None, None, dm[3]]
-            logits, vpred = M.forward(params, xs, mmask, dm)
-            w = weight[s]
-            y, v, hv = emotion[t], valence[t], has_val[t].float() * w
-            ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="none")
-            ce = (ce.view(k, bs) * w).sum(1) / w.sum(1).clamp(min=1)
-            mse = ((vpred - v) ** 2 * hv).sum(1) / hv.sum(1).clamp(min=1)
-            loss = ce + mse  # [K]; a member with no rows contributes 0 and gets no update
-            for p in params.values():
-                p.grad = None
-            loss.sum().backward()
-            if config.grad_clip is not None:
-                clip_per_member(params, config.grad_clip)
-            opt.step(active[s])
-            loss_sum += loss.detach()
-        # one host transfer per epoch (none per step)
-        loss_sum = loss_sum.double().cpu() / torch.from_numpy(active.sum(0).clip(min=1))
-
-        # held-out evaluation, schedulers, early stopping
-        preds = predict_pack(params, feats, [m.val_idx for m in live])
-        finished = []
-        for i, m in enumerate(live):
-            lg, vp = preds[i]
-            met = score(lg, store.emotion[m.val_idx], vp, store.valence[m.val_idx])
-            comb = met["combined"]
-            m.history.append({
-                "epoch": epoch,
-                "train_loss": float(loss_sum[i]),
-                "val_f1": met["f1"], "val_acc": met["acc"], "val_mse": met["mse"],
-                "val_combined": comb, "lr": float(opt.lr[i]),
-            })
-            if comb > m.best:
-                m.best, m.best_epoch = comb, epoch
-                m.best_weights = M.unstack(params, i)
-            if config.plateau_patience is not None:
-                if m.plateau_best == -math.inf or comb > m.plateau_best * (1 + PLATEAU_THRESHOLD):
-                    m.plateau_best, m.bad_epochs = comb, 0
-                else:
-                    m.bad_epochs += 1
-                if m.bad_epochs > config.plateau_patience:
-                    new = float(opt.lr[i]) * config.plateau_factor
-                    if float(opt.lr[i]) - new > 1e-8:
-                        opt.lr[i] = new
-                    m.bad_epochs = 0
-            p_es = config.early_stop_patience
-            if (
-                p_es is not None
-                and epoch - m.best_epoch >= p_es
-                and epoch + 1 >= config.warmup + p_es
-            ):
-                m.done = True
-            if epoch == config.epochs - 1:
-                m.done = True
-            if m.done:
-                finished.append(i)
-        log(
-            f"epoch {epoch}: {len(live)} member(s), {time.perf_counter() - t0:.1f}s, "
-            "val combined " + ", ".join(f"{m.history[-1]['val_combined']:.4f}" for m in live)
-        )
-        if finished:
-            keep = torch.tensor([i for i in range(len(live)) if i not in finished], dtype=torch.long)
-            live = [live[i] for i in keep.tolist()]
+    with matmul_precision(config.precision):
+        for epoch in range(config.epochs):
+            t0 = time.perf_counter()
+            k = len(live)
+            idx, weight, active = _epoch_plan(live, bs)
+            idx, weight = torch.from_numpy(idx).to(device), torch.from_numpy(weight).to(device)
+            robust = epoch >= config.warmup  # modality dropout and noise from the warmup on
+            mod_drop = robust and any(p > 0 for p in drop_probs)
+            rand.start_epoch(epoch)
+            loss_sum = torch.zeros(k, device=device)
+            for s in range(len(active)):
+                t = idx[s]
+                # index_select copies whole rows (about 2x faster here than x[t])
+                xs = {m: v.index_select(0, t.reshape(-1)).view(k, bs, -1)
+                      for m, v in data.x.items()}
+                if robust and noise_std is not None:
+                    for i, m in enumerate(shape.modalities):
+                        if noise[m] > 0:
+                            xs[m].addcmul_(rand.normal(s, i, (bs, xs[m].shape[-1])),
+                                           noise_std[m], value=noise[m])
+                dropout_masks = [None] * (n_mod + 1)
+                if config.dropout > 0:
+                    dropout_masks = rand.dropout_masks(s, config.dropout)
+                    # the gathered rows are this step's own copies: drop inputs in place
+                    for m, keep in zip(shape.modalities, dropout_masks):
+                        xs[m].mul_(keep)
+                    dropout_masks = [None] * n_mod + [dropout_masks[n_mod]]
+                modality_mask = rand.modality_mask(s, drop_probs) if mod_drop else None
+                w = weight[s]
+                with _precision_context(config.precision, device):
+                    out = M.forward(params, xs, modality_mask, dropout_masks)
+                    logits = out.logits.float()
+                    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                         data.emotion[t].reshape(-1), reduction="none")
+                    loss = (ce.view(k, bs) * w).sum(1) / w.sum(1).clamp(min=1)  # [K]
+                    if shape.valence:
+                        hv = data.has_valence[t].float() * w
+                        err = (out.valence.float() - data.valence[t]) ** 2
+                        loss = loss + (err * hv).sum(1) / hv.sum(1).clamp(min=1)
+                    if config.contrastive_weight > 0:
+                        loss = loss + config.contrastive_weight * contrastive_loss(
+                            [h.float() for h in out.hidden], out.fused.float(), w,
+                            modality_mask, config.contrastive_temperature)
+                # a member with no rows in this step contributes 0 and gets no update
+                for p in params.values():
+                    p.grad = None
+                loss.sum().backward()
+                if config.grad_clip is not None:
+                    clip_per_member(params, config.grad_clip)
+                opt.step(active[s])
+                loss_sum += loss.detach()
+            # one host transfer per epoch (none per step)
+            loss_mean = loss_sum.double().cpu() / torch.from_numpy(active.sum(0).clip(min=1))
+            live, params = _end_of_epoch(data, config, epoch, live, params, opt, rand,
+                                         loss_mean, t0, len(members), on_epoch)
             if not live:
                 break
-            params = {n: p.detach()[keep.to(device)].contiguous().requires_grad_(True) for n, p in params.items()}
-            opt.select(keep, params)
-
-    return _results(store, config, cfg, members, feats)
+    return _results(data, config, members)
 
 
-def _results(store, config, cfg, members, feats) -> list[MemberResult]:
-    best = M.stack([m.best_weights for m in members])
-    split_rows = {"oof": [m.val_idx for m in members]}
-    for s in TEST_SPLITS:
-        split_rows[s] = [store.rows(s)] * len(members)
-    preds = {s: predict_pack(best, feats, rows) for s, rows in split_rows.items()}
-    masked = {}
-    for mods in MASKS:
-        keep = [0.0 if mod in mods else 1.0 for mod in MODALITIES]
-        masked[mask_key(mods)] = {
-            s: predict_pack(best, feats, rows, keep) for s, rows in split_rows.items()
-        }
-    results = []
-    for i, m in enumerate(members):
-        predictions, metrics = {}, {}
-        for s, rows in split_rows.items():
-            r = rows[i]
-            lg, vp = preds[s][i]
-            vl = store.valence[r].astype(np.float32)
-            predictions[s] = SplitPredictions(
-                names=store.names[r], logits=lg.astype(np.float32), valence=vp.astype(np.float32),
-                label=store.emotion[r], valence_label=vl,
-                masked={key: (d[s][i][0], d[s][i][1]) for key, d in masked.items()},
-            )
-            metrics[s] = score(lg, store.emotion[r], vp, vl)
-        results.append(MemberResult(
-            member_id=member_id(cfg, m.fold, m.seed), config=cfg, fold=m.fold, seed=m.seed,
-            best_epoch=m.best_epoch, epochs_run=len(m.history), metrics=metrics,
-            history=m.history, classes=list(store.manifest["classes"]),
-            store={"content_hash": store.manifest["content_hash"],
-                   "modalities": store.manifest["modalities"]},
-            predictions=predictions,
-        ))
-    return results
+def _end_of_epoch(data, config, epoch, live, params, opt, rand, loss_mean, t0, pack_size,
+                  on_epoch):
+    """Held-out evaluation, plateau LR cuts, early stopping, non-finite guards; drops the
+    members that finished. Returns (live members, their params)."""
+    preds = predict_pack(params, data.x, [m.val_idx for m in live])
+    finished = []
+    for i, m in enumerate(live):
+        lg, vp = preds[i]
+        row = {"epoch": epoch, "train_loss": float(loss_mean[i]), "lr": float(opt.lr[i])}
+        if not math.isfinite(row["train_loss"]) or not np.isfinite(lg).all() or (
+                vp is not None and not np.isfinite(vp).all()):
+            m.stop_reason = f"non-finite training loss or predictions at epoch {epoch}"
+            m.done = True
+            m.history.append(row)
+            finished.append(i)
+            continue
+        met = score(lg, data.store.emotion[m.val_idx], vp, data.store.valence[m.val_idx])
+        row.update({f"val_{k}": v for k, v in met.items()})
+        m.history.append(row)
+        value = met[data.metric]
+        if value > m.best:
+            m.best, m.best_epoch = value, epoch
+            m.best_weights = M.unstack(params, i)
+        if config.plateau_patience is not None:
+            if m.plateau_best == -math.inf or value > m.plateau_best * (1 + PLATEAU_THRESHOLD):
+                m.plateau_best, m.bad_epochs = value, 0
+            else:
+                m.bad_epochs += 1
+            if m.bad_epochs > config.plateau_patience:
+                new = float(opt.lr[i]) * config.plateau_factor
+                if float(opt.lr[i]) - new > 1e-8:
+                    opt.lr[i] = new
+                m.bad_epochs = 0
+        patience = config.early_stop_patience
+        if (patience is not None and epoch - m.best_epoch >= patience
+                and epoch + 1 >= config.warmup + patience):
+            m.done = True
+        if epoch == config.epochs - 1:
+            m.done = True
+        if m.done:
+            finished.append(i)
+    if on_epoch is not None:
+        on_epoch(EpochProgress(
+            epoch=epoch, epochs=config.epochs, seconds=time.perf_counter() - t0,
+            member_ids=[m.id for m in live], rows=[m.history[-1] for m in live],
+            finished=[live[i].id for i in finished], best=[m.best for m in live],
+            metric=data.metric, pack_size=pack_size))
+    if not finished:
+        return live, params
+    keep = torch.tensor([i for i in range(len(live)) if i not in finished], dtype=torch.long)
+    live = [live[i] for i in keep.tolist()]
+    if not live:
+        return live, params
+    device = next(iter(params.values())).device
+    params = {n: p.detach()[keep.to(device)].contiguous().requires_grad_(True)
+              for n, p in params.items()}
+    opt.select(keep, params)
+    rand.select(keep)
+    return live, params
+
+
+def _results(data: TrainData, config, members) -> list[MemberResult]:
+    store = data.store
+    cfg = config.to_dict()
+    common = dict(classes=list(data.dataset.classes), dataset=data.dataset.to_dict(),
+                  model=data.shape.to_dict(),
+                  store={"content_hash": store.content_hash, "features": data.features_info(),
+                         "location": store.location})
+    trained = [m for m in members if m.best_weights is not None]
+    out = {}
+    if trained:
+        best = M.stack([m.best_weights for m in trained])
+        split_rows = {"oof": [m.val_idx for m in trained]}
+        for s in data.dataset.test_splits:
+            split_rows[s] = [store.rows(s)] * len(trained)
+        preds = {s: predict_pack(best, data.x, rows) for s, rows in split_rows.items()}
+        masked = {}
+        for mods in mask_sets(data.shape.modalities):
+            keep = [0.0 if mod in mods else 1.0 for mod in data.shape.modalities]
+            masked[mask_key(mods)] = {s: predict_pack(best, data.x, rows, keep)
+                                      for s, rows in split_rows.items()}
+        for i, m in enumerate(trained):
+            predictions, metrics = {}, {}
+            for s, rows in split_rows.items():
+                r = rows[i]
+                lg, vp = preds[s][i]
+                predictions[s] = SplitPredictions(
+                    names=store.names[r], logits=lg.astype(np.float32),
+                    valence=None if vp is None else vp.astype(np.float32),
+                    label=store.emotion[r], valence_label=store.valence[r].astype(np.float32),
+                    masked={key: d[s][i] for key, d in masked.items()},
+                )
+                if s == "oof" or data.dataset.split(s).labelled:
+                    with_valence = s == "oof" or data.dataset.scores_valence(s)
+                    metrics[s] = score(lg, store.emotion[r], vp if with_valence else None,
+                                       store.valence[r] if with_valence else None)
+            out[m.id] = MemberResult(
+                member_id=m.id, config=cfg, fold=m.fold, seed=m.seed,
+                best_epoch=m.best_epoch, epochs_run=len(m.history), metrics=metrics,
+                history=m.history, predictions=predictions, stop_reason=m.stop_reason,
+                weights={n: p.cpu() for n, p in m.best_weights.items()}, **common)
+    for m in members:
+        if m.id not in out:  # never had a finite held-out metric
+            out[m.id] = MemberResult(
+                member_id=m.id, config=cfg, fold=m.fold, seed=m.seed, best_epoch=-1,
+                epochs_run=len(m.history), metrics={}, history=m.history, predictions={},
+                status="failed", stop_reason=m.stop_reason or "no finite epoch", **common)
+    return [out[m.id] for m in members]

@@ -5,10 +5,10 @@ import pyarrow.parquet as pq
 import pytest
 
 import ensembles.cli
-from mer_ray.constants import CLASSES, MODALITIES
+from mer_ray.constants import MER2023, MER_CLASSES as CLASSES, MODALITIES
 from mer_ray.errors import InputError
-from mer_ray.members import (MASKS, PRED_SPLITS, MemberResult, SplitPredictions, mask_key,
-                             member_id, write_member)
+from mer_ray.members import (MASKS, MemberResult, SplitPredictions, mask_key, member_id,
+                             write_member)
 from mer_ray.presets import PRESETS
 from ensembles.groups import make_groups, score_group, seed_table
 from ensembles.load import load_members
@@ -16,6 +16,7 @@ from ensembles.strategies import combine, softmax
 from ensembles.where import filter_members
 
 CLASSES = list(CLASSES)
+PRED_SPLITS = ("oof",) + MER2023.test_splits
 TRAIN = [f"tr_{i:03d}" for i in range(60)]
 TESTS = {s: [f"{s}_{i:02d}" for i in range(18)] for s in ("test1", "test2", "test3")}
 _rng = np.random.default_rng(7)
@@ -191,8 +192,8 @@ def test_greedy_and_weighted_pick_the_good_group():
         assert any("optimistic" in n for n in e.notes)
     from ensembles.tables import score_splits
 
-    g_cv = score_splits(greedy.predictions)["cv"]["combined"]
-    m_cv = score_splits(mean.predictions)["cv"]["combined"]
+    g_cv = score_splits(greedy.predictions, MER2023)["cv"]["combined"]
+    m_cv = score_splits(mean.predictions, MER2023)["cv"]["combined"]
     assert g_cv >= m_cv
     assert combine(groups, "greedy").weights.tolist() == greedy.weights.tolist()  # deterministic
 

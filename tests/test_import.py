@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mer_ray.constants import CLASSES
+from mer_ray.constants import MER2023, MER_CLASSES as CLASSES
 from mer_ray.data.mertools import import_mertools
 from mer_ray.data.store import read_store
 from mer_ray.errors import InputError
@@ -30,6 +30,10 @@ ROWS = [
     ("sample_00004", "test1", "angry", "0.5"),
     ("sample_00005", "test2", "worried", "-1"),
     ("sample_00006", "test3", "surprise", "-10"),
+    # every class needs a training sample
+    ("sample_00007", "train", "angry", "-1.5"),
+    ("sample_00008", "train", "worried", "-0.5"),
+    ("sample_00009", "train", "surprise", "1"),
 ]
 
 
@@ -90,8 +94,8 @@ def check_roundtrip(out: Path, rows=ROWS):
         else:
             assert got == pytest.approx(float(v))
     for m, (folder, dim) in FEATS.items():
-        assert st.features[m].shape == (len(rows), dim)
-        assert st.manifest["modalities"][m] == {"feature": folder, "dim": dim}
+        assert st.feature(m).shape == (len(rows), dim)
+        assert st.manifest["modalities"][m] == [{"feature": folder, "dim": dim, "column": m}]
     return st
 
 
@@ -100,10 +104,10 @@ def test_good_import_roundtrips(tree):
     # a 2-D [T, D] file is averaged over T
     frames = np.arange(3 * 16, dtype=np.float32).reshape(3, 16)
     np.save(feats / FEATS["text"][0] / "sample_00002.npy", frames)
-    assert run(feats, labels, out) == out
+    assert run(feats, labels, out) == str(out)
     st = check_roundtrip(out)
-    np.testing.assert_allclose(st.features["text"][1], frames.mean(axis=0))
-    np.testing.assert_allclose(st.features["audio"][0], vec("sample_00001", "audio"))
+    np.testing.assert_allclose(st.feature("text")[1], frames.mean(axis=0))
+    np.testing.assert_allclose(st.feature("audio")[0], vec("sample_00001", "audio"))
     assert st.manifest["source"] == f"mertools:{feats}"
     assert not list(out.parent.glob(f".{out.name}.tmp-*"))
 
@@ -133,7 +137,9 @@ def test_npz_needs_trust_pickle(tmp_path):
     assert_nothing_written(out)
     run(feats, labels, out, trust_pickle=True)
     st = read_store(out)
-    assert list(st.names) == [r[0] for r in ROWS]
+    by_split = sorted(ROWS, key=lambda r: ("train", "test1", "test2", "test3").index(r[1]))
+    assert list(st.names) == [r[0] for r in by_split]
+    assert st.dataset == MER2023  # test3's -10 is "no valence"
     assert np.isnan(st.valence[st.split == "test3"]).all()
     assert st.valence[0] == pytest.approx(1.5)
 
@@ -147,12 +153,22 @@ def test_overwrite(tree):
     check_roundtrip(out)
 
 
-def test_extra_files_warn(tree, capsys):
+def test_unlabelled_extra_samples_are_kept_and_counted(tree, capsys):
     feats, labels, out = tree
-    for m, (folder, dim) in FEATS.items():
-        np.save(feats / folder / "sample_09999.npy", np.zeros(dim, np.float32))
+    extra = [f"sample_09{i:03d}" for i in range(10)]
+    make_features(feats.parent, extra)
     run(feats, labels, out)
-    assert "warning: 3 feature file(s)" in capsys.readouterr().err
+    assert "10 sample(s) with features and no label: kept as unlabelled split 'unlabelled'" \
+        in capsys.readouterr().err
+    st = read_store(out, verify=True)
+    assert list(st.names[st.rows("unlabelled")]) == extra
+    assert (st.emotion[st.rows("unlabelled")] == -1).all()
+    assert st.dataset.split("unlabelled").role == "unlabelled"
+    np.testing.assert_array_equal(st.feature("audio")[st.rows("unlabelled")][3],
+                                  vec(extra[3], "audio"))
+    # --drop-unlabelled leaves them out, and says so
+    run(feats, labels, out, keep_unlabelled=False, overwrite=True)
+    assert "have no label and were left out" in capsys.readouterr().err
     check_roundtrip(out)
 
 
@@ -242,7 +258,6 @@ BAD = {
     "bad valence": (_bad_valence, r"sample_00001.*valence 'high' is not a number"),
     "empty valence": (_empty_valence, r"sample_00001.*valence is empty; a number is required in split train"),
     "missing folder": (_missing_folder, r"text feature folder Baichuan-13B-Base-UTT not found"),
-    "unknown split": (_unknown_split, r"unknown split 'dev'"),
 }
 
 

@@ -2,13 +2,18 @@ import numpy as np
 import pytest
 
 from mer_ray.errors import InputError
-from mer_ray.members import (MASKS, PRED_SPLITS, MemberResult, SplitPredictions,
-                             existing_member_ids, list_member_files, mask_key, member_id,
-                             read_member, write_member)
+from mer_ray.constants import MER2023
+from mer_ray.members import (MASKS, MemberResult, SplitPredictions, existing_member_ids,
+                             list_member_files, mask_key, member_id, read_member,
+                             weights_path, write_member)
 from mer_ray.presets import PRESETS
 
+PRED_SPLITS = ("oof",) + MER2023.test_splits
 
-def fake_member(seed=0):
+
+def fake_member(seed=0, weights=True):
+    import torch
+
     rng = np.random.default_rng(seed)
     cfg = PRESETS["robust_v3"].to_dict()
     preds = {}
@@ -26,7 +31,9 @@ def fake_member(seed=0):
     return MemberResult(member_id=member_id(cfg, 1, seed), config=cfg, fold=1, seed=seed,
                         best_epoch=41, epochs_run=80, metrics={"oof": {"f1": 0.5}},
                         history=[{"epoch": 0, "loss": 1.0}], classes=list("abcdef"),
-                        store={"content_hash": "x"}, predictions=preds)
+                        store={"content_hash": "x"}, predictions=preds,
+                        weights={"emotion.W": torch.ones(4, 6), "emotion.b": torch.zeros(1, 6)}
+                        if weights else None)
 
 
 def test_member_id_stable_and_distinct():
@@ -42,6 +49,12 @@ def test_round_trip(tmp_path):
     m = fake_member()
     path = write_member(m, tmp_path / "run")
     assert existing_member_ids(tmp_path / "run") == {m.member_id}
+    # the weights file is half of a member: without it the member is not complete
+    import os
+
+    os.unlink(weights_path(path))
+    assert existing_member_ids(tmp_path / "run") == set()
+    path = write_member(m, tmp_path / "run")
     assert list_member_files(tmp_path) == [path]
     r = read_member(path)
     assert (r.member_id, r.fold, r.seed, r.best_epoch) == (m.member_id, 1, 0, 41)

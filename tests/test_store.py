@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from mer_ray.constants import CLASSES, MODALITIES
+from mer_ray.constants import MER_CLASSES as CLASSES, MODALITIES
 from mer_ray.data.store import read_store, summary_table, write_store
 from mer_ray.errors import InputError
 
@@ -32,10 +32,11 @@ def test_round_trip(tmp_path):
     np.testing.assert_array_equal(np.isnan(st.valence), split == "test3")
     np.testing.assert_allclose(st.valence[split != "test3"], valence[split != "test3"])
     for m in MODALITIES:
-        np.testing.assert_array_equal(st.features[m], feats[m])
-        assert st.features[m].dtype == np.float32
-    assert st.manifest["classes"] == list(CLASSES)
-    assert st.manifest["modalities"]["text"] == {"feature": "text-feat", "dim": 16}
+        np.testing.assert_array_equal(st.feature(m), feats[m])
+        assert st.feature(m).dtype == np.float32
+    assert st.classes == list(CLASSES) and st.dataset.name == "MER2023"
+    assert st.manifest["modalities"]["text"] == [{"feature": "text-feat", "dim": 16,
+                                                   "column": "text"}]
     assert list(st.rows("test3")) == [10, 11]
     assert "test3" in summary_table(st)
 
@@ -57,7 +58,7 @@ def test_tampered_data_fails_verification(tmp_path):
     m["content_hash"] = "0" * 64
     mf.write_text(json.dumps(m))
     read_store(tmp_path / "st")  # unverified read still works
-    with pytest.raises(InputError, match="content_hash"):
+    with pytest.raises(InputError, match="content hash"):
         read_store(tmp_path / "st", verify=True)
 
 

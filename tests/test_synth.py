@@ -4,7 +4,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
 from sklearn.preprocessing import StandardScaler
 
-from mer_ray.constants import CLASS_COUNTS, DEFAULT_FEATURES, MODALITIES, SPLITS
+from mer_ray.constants import MER2023, MER2023_COUNTS, MER2023_FEATURES, MODALITIES
+
+SPLITS = [s.name for s in MER2023.splits]
 from mer_ray.data.synth import generate, split_counts, synthesize
 
 
@@ -14,16 +16,16 @@ def data():
 
 
 def test_counts_full_scale_match_mer2023():
-    assert split_counts(1.0) == {s: list(CLASS_COUNTS[s]) for s in SPLITS}
+    assert split_counts(1.0) == {s: list(MER2023_COUNTS[s]) for s in SPLITS}
     assert sum(map(sum, split_counts(1.0).values())) == 3373 + 411 + 412 + 834
 
 
 def test_counts_dims_and_valence(data):
-    names, split, emotion, valence, feats = data
+    names, split, emotion, valence, feats = data[:5]
     for s in SPLITS:
         assert np.bincount(emotion[split == s], minlength=6).tolist() == split_counts(0.3)[s]
     for m in MODALITIES:
-        assert feats[m].shape == (len(names), DEFAULT_FEATURES[m][1])
+        assert feats[m].shape == (len(names), MER2023_FEATURES[m][1])
     assert np.isnan(valence[split == "test3"]).all()
     tv = valence[split == "train"]
     assert tv.min() >= -5 and tv.max() <= 4.25
@@ -42,7 +44,7 @@ def test_deterministic(data):
 
 
 def test_logistic_regression_difficulty_band(data):
-    names, split, emotion, valence, feats = data
+    names, split, emotion, valence, feats = data[:5]
     x = np.concatenate([feats[m] for m in MODALITIES], axis=1)
     tr = split == "train"
     sc = StandardScaler().fit(x[tr])
@@ -59,7 +61,7 @@ def test_writes_mertools_layout(tmp_path):
     assert lines[0] == "name,split,discrete,valence"
     n = len(lines) - 1
     for m in MODALITIES:
-        files = list((out / "features" / DEFAULT_FEATURES[m][0]).glob("*.npy"))
+        files = list((out / "features" / MER2023_FEATURES[m][0]).glob("*.npy"))
         assert len(files) == n
-        assert np.load(files[0]).shape == (DEFAULT_FEATURES[m][1],)
+        assert np.load(files[0]).shape == (MER2023_FEATURES[m][1],)
     assert all(l.endswith(",") for l in lines[1:] if ",test3," in l)  # no valence

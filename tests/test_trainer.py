@@ -3,15 +3,17 @@ import pytest
 import torch
 
 from mer_ray import model as M
-from mer_ray.constants import MODALITIES
+from mer_ray.constants import MER2023, MODALITIES
 from mer_ray.data.store import read_store
 from mer_ray.data.synth import synthesize_store
-from mer_ray.members import MASKS, PRED_SPLITS, mask_key, member_id
+from mer_ray.members import MASKS, mask_key, member_id
+from mer_ray.pack_adam import PackAdam, clip_per_member
 from mer_ray.presets import RobustV3, TrainConfig
-from mer_ray.trainer import (DropoutBits, PackAdam, clip_per_member, draw_modality_mask,
-                             dropout_threshold, member_generator, train_pack)
+from mer_ray.trainer import train_pack
 
 DIMS = {"audio": 1024, "text": 5120, "video": 768}
+SHAPE = M.ModelShape(tuple(DIMS.items()), 128, 6, True)
+PRED_SPLITS = ("oof",) + MER2023.test_splits
 
 
 def make_store(path, scale):
@@ -33,24 +35,26 @@ def small_config(**kw):
 
 def test_model_param_count_and_shapes():
     gens = [torch.Generator().manual_seed(i) for i in range(2)]
-    params = M.stack([M.init_member(DIMS, 128, g) for g in gens])
+    params = M.stack([M.init_member(SHAPE, g) for g in gens])
     n = M.param_count(params)
     assert 1.0e6 < n < 1.2e6, n
-    xs = [torch.randn(2, 5, DIMS[m]) for m in MODALITIES]
-    logits, val = M.forward(params, xs)
+    xs = {m: torch.randn(2, 5, DIMS[m]) for m in MODALITIES}
+    logits, val, _, _ = M.forward(params, xs)
     assert logits.shape == (2, 5, 6) and val.shape == (2, 5)
     # member k of a pack == that member alone
-    alone = M.stack([M.init_member(DIMS, 128, torch.Generator().manual_seed(1))])
-    l1, v1 = M.forward(alone, [x[1:] for x in xs])
+    alone = M.stack([M.init_member(SHAPE, torch.Generator().manual_seed(1))])
+    l1, v1, _, _ = M.forward(alone, {m: x[1:] for m, x in xs.items()})
     assert torch.allclose(l1[0], logits[1], atol=1e-5) and torch.allclose(v1[0], val[1], atol=1e-5)
     # a zero mask removes a modality's influence entirely
     mask = torch.ones(2, 5, 3)
     mask[..., 1] = 0
-    xs2 = list(xs)
-    xs2[1] = torch.randn_like(xs[1])
-    a, _ = M.forward(params, xs, mask)
-    b, _ = M.forward(params, xs2, mask)
-    assert torch.allclose(a, b)
+    xs2 = dict(xs, text=torch.randn_like(xs["text"]))
+    assert torch.allclose(M.forward(params, xs, mask).logits, M.forward(params, xs2, mask).logits)
+    # no valence head where the dataset has no valence, and C classes
+    shape = M.ModelShape((("audio", 8), ("video", 4)), 16, 4, False)
+    two = M.stack([M.init_member(shape, torch.Generator().manual_seed(0))])
+    out = M.forward(two, {"audio": torch.randn(1, 3, 8), "video": torch.randn(1, 3, 4)})
+    assert out.logits.shape == (1, 3, 4) and out.valence is None and "valence.W" not in two
 
 
 def test_adam_matches_torch():
@@ -107,27 +111,6 @@ def test_pack_adam_runs_of_members_match_torch_adam_each():
     assert popt.step_count.tolist() == [12.0, 8.0, 12.0, 12.0]
 
 
-def test_dropout_bits_rate_scale_and_member_streams():
-    thr, scale = dropout_threshold(0.35)
-    assert abs(1 / scale - 0.65) < 1e-4  # p rounded to a multiple of 2**-16
-    assert dropout_threshold(0.5) == (0, 2.0)
-    with pytest.raises(ValueError):
-        dropout_threshold(1.0)
-    bits = DropoutBits(2, 64, [1024, 48], 0.35, "cpu")
-    bits.draw(0, member_generator(0, 0))
-    bits.draw(1, member_generator(0, 1))
-    masks = bits.masks()
-    assert [tuple(m.shape) for m in masks] == [(2, 64, 1024), (2, 64, 48)]
-    drop = (masks[0] == 0).float().mean().item()
-    assert abs(drop - 0.35) < 0.01, drop
-    assert torch.all((masks[1] == 0) | (masks[1] == scale))  # inverted dropout's 1/(1-p)
-    assert not torch.equal(masks[0][0], masks[0][1])
-    # a member's masks come from its own generator only: same draw in another slot
-    other = DropoutBits(3, 64, [1024, 48], 0.35, "cpu")
-    other.draw(2, member_generator(0, 1))
-    assert torch.equal(other.masks()[0][2], masks[0][1])
-
-
 def test_trainer_flushes_denormals_on_every_thread():
     # Adam + L2 drives dead units' weights into denormals, which made epochs 3x slower
     # on CPU; the trainer sets flush-to-zero before torch's threads exist (a fresh
@@ -141,28 +124,20 @@ def test_trainer_flushes_denormals_on_every_thread():
     assert out.stdout.strip() == "0"
 
 
-def test_modality_mask_rate_never_all_three():
-    g = torch.Generator().manual_seed(0)
-    mask = draw_modality_mask(g, 20000, 0.2)
-    assert (mask.sum(1) >= 1).all()
-    rate = 1 - mask.mean(0)
-    assert torch.all((rate > 0.18) & (rate < 0.21)), rate
-
-
 def test_warmup_no_modality_dropout_before(small_store, monkeypatch):
     import mer_ray.trainer as T
 
     seen = []
     real_forward = M.forward
 
-    def spy(params, xs, modality_mask=None, dropout_masks=None):
+    def spy(params, xs, modality_mask=None, dropout_masks=None):  # model.forward's signature
         if dropout_masks is not None:  # training step
             seen.append(None if modality_mask is None else modality_mask.clone())
         return real_forward(params, xs, modality_mask, dropout_masks)
 
     monkeypatch.setattr(T.M, "forward", spy)
     cfg = small_config(epochs=2, warmup=1, modality_dropout=0.3)
-    train_pack(small_store, cfg, [(0, 0)], log=lambda *a: None)
+    train_pack(small_store, cfg, [(0, 0)])
     steps_per_epoch = len(seen) // 2
     assert all(m is None for m in seen[:steps_per_epoch])
     after = torch.cat([m[0] for m in seen[steps_per_epoch:]])
@@ -172,11 +147,10 @@ def test_warmup_no_modality_dropout_before(small_store, monkeypatch):
 
 def test_pack_equivalence_and_determinism(small_store):
     cfg = small_config()
-    quiet = lambda *a: None  # noqa: E731
     specs = [(0, 0), (1, 0), (2, 3), (0, 1), (3, 2), (4, 0), (1, 1), (2, 2)]
-    pack = train_pack(small_store, cfg, specs, log=quiet)
-    alone = train_pack(small_store, cfg, [(2, 3)], log=quiet)[0]
-    again = train_pack(small_store, cfg, [(2, 3)], log=quiet)[0]
+    pack = train_pack(small_store, cfg, specs)
+    alone = train_pack(small_store, cfg, [(2, 3)])[0]
+    again = train_pack(small_store, cfg, [(2, 3)])[0]
     inpack = pack[2]
     assert inpack.member_id == alone.member_id == member_id(cfg.to_dict(), 2, 3)
     for s in PRED_SPLITS:
@@ -194,7 +168,7 @@ def test_pack_equivalence_and_determinism(small_store):
 
 def test_early_stop_not_before_warmup_plus_patience(small_store):
     cfg = small_config(epochs=6, warmup=2, early_stop_patience=1, lr=0.0)
-    res = train_pack(small_store, cfg, [(0, 0), (1, 0)], log=lambda *a: None)
+    res = train_pack(small_store, cfg, [(0, 0), (1, 0)])
     # lr 0: nothing improves after epoch 0; may stop at epoch index 2 (3 epochs run)
     for r in res:
         assert r.epochs_run == 3 and r.best_epoch == 0
@@ -203,7 +177,7 @@ def test_early_stop_not_before_warmup_plus_patience(small_store):
 def test_robust_v3_learns(tmp_path):
     store = make_store(tmp_path / "store", 0.1)
     cfg = RobustV3().replace(epochs=15, warmup=5)
-    r = train_pack(store, cfg, [(0, 0)], log=lambda *a: None)[0]
+    r = train_pack(store, cfg, [(0, 0)])[0]
     from mer_ray.metrics import score
 
     y = r.predictions["test1"].label
@@ -215,13 +189,12 @@ def test_robust_v3_learns(tmp_path):
 def test_compaction_keeps_equivalence(small_store):
     """Members stopping early leave the pack; the others' results do not change."""
     cfg = small_config(epochs=10, warmup=0, early_stop_patience=1, lr=0.02, batch_size=8)
-    quiet = lambda *a: None  # noqa: E731
     specs = [(0, 0), (3, 2), (1, 0)]
-    pack = train_pack(small_store, cfg, specs, log=quiet)
+    pack = train_pack(small_store, cfg, specs)
     runs = [r.epochs_run for r in pack]
     assert len(set(runs)) > 1 and max(runs) < 10, runs  # some stopped earlier than others
     for i in (0, 1):
-        alone = train_pack(small_store, cfg, [specs[i]], log=quiet)[0]
+        alone = train_pack(small_store, cfg, [specs[i]])[0]
         assert alone.epochs_run == pack[i].epochs_run and alone.best_epoch == pack[i].best_epoch
         for s in PRED_SPLITS:
             np.testing.assert_allclose(pack[i].predictions[s].logits, alone.predictions[s].logits, atol=1e-4)
@@ -231,7 +204,7 @@ def test_result_writes_and_reads_back(small_store, tmp_path):
     from mer_ray.members import read_member, write_member
 
     cfg = small_config(epochs=1)
-    r = train_pack(small_store, cfg, [(1, 2)], log=lambda *a: None)[0]
+    r = train_pack(small_store, cfg, [(1, 2)])[0]
     back = read_member(write_member(r, tmp_path / "run"))
     assert back.member_id == r.member_id and back.best_epoch == 0 and back.epochs_run == 1
     for s in PRED_SPLITS:
@@ -263,7 +236,7 @@ def test_stalled_member_gets_lr_cut_and_stops_while_others_go_on(small_store, mo
 
     monkeypatch.setattr(T, "score", fake_score)
     cfg = small_config(epochs=12, warmup=0, plateau_patience=2, early_stop_patience=4, lr=1e-3)
-    stalled, other = train_pack(small_store, cfg, [(0, 0), (1, 0)], log=lambda *a: None)
+    stalled, other = train_pack(small_store, cfg, [(0, 0), (1, 0)])
     lrs = [h["lr"] for h in stalled.history]
     assert stalled.epochs_run == 5 and stalled.best_epoch == 0  # stops at warmup + patience
     assert lrs[0] == 1e-3 and lrs[-1] == 5e-4, lrs  # cut once after 3 bad epochs

@@ -1,18 +1,29 @@
 """The feature store: one Parquet file of samples plus a JSON manifest.
 
-Layout of a store folder::
+Layout of a store folder (a local path or a pyarrow filesystem URI)::
 
-    STORE/samples.parquet   name, split, emotion, valence, audio, text, video
-    STORE/manifest.json     format, classes, modalities (feature name, dim), source,
+    STORE/samples.parquet   name, split, emotion, valence, one column per feature
+    STORE/manifest.json     format, dataset (classes, splits and their roles),
+                            modalities (their features: name, dim, column), source,
                             counts, content_hash
 
-Each modality is a fixed-size float32 list column, written uncompressed and without
+A modality may hold several features (e.g. two audio extractors); a recipe picks one
+per modality (`--set audio_feature=NAME`, default the first). The first feature of a
+modality sits in the column named after the modality, further ones in
+`<modality>:<feature>`. `emotion` is null on unlabelled splits, `valence` null where
+a split has none.
+
+Each feature is a fixed-size float32 list column, written uncompressed and without
 dictionary encoding so that reading is a memcpy: the whole MER2023-sized store
 (5,030 x 6,912 floats) loads into numpy in a fraction of a second (see
 benchmarks/bench_store.py). Training reads only the store.
 
-Writes are atomic: the store is built in a temporary sibling folder and renamed into
-place, so a failed write never leaves a partial store behind.
+`read_store(verify=True)` checks everything a training run relies on before it starts:
+the content hash, each column's vector size against the manifest, the labels against
+the classes and split roles, valence where the dataset says it exists, every value
+finite. Writes are atomic: a local store is built in a temporary sibling folder and
+renamed into place; on object storage the manifest is written last (a store without
+one is not a store).
 """
 
 from __future__ import annotations
@@ -23,18 +34,21 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mer_ray.constants import CLASSES, MODALITIES, SPLITS
+from mer_ray.dataset import MODALITIES, TRAIN, Dataset
 from mer_ray.errors import InputError
+from mer_ray.storage import (check_output_folder, exists, is_uri, join, read_bytes, resolve,
+                             storage_errors, write_bytes)
 
-FORMAT = "mer-ray-store/1"
+FORMAT = "mer-ray-store/2"
+OLD_FORMATS = ("mer-ray-store/1",)
 SAMPLES_FILE = "samples.parquet"
 MANIFEST_FILE = "manifest.json"
+NO_LABEL = -1  # emotion of an unlabelled sample, in memory
 
 
 @dataclass
@@ -42,11 +56,12 @@ class Store:
     """A whole feature store in memory. Row i of every array is sample names[i]."""
 
     names: np.ndarray  # [N] str
-    split: np.ndarray  # [N] str, one of SPLITS
-    emotion: np.ndarray  # [N] int64 index into manifest["classes"]
-    valence: np.ndarray  # [N] float32, NaN where unknown (test3)
-    features: dict[str, np.ndarray]  # modality -> [N, D] float32
+    split: np.ndarray  # [N] str, one of the dataset's splits
+    emotion: np.ndarray  # [N] int64 index into the classes; NO_LABEL where unlabelled
+    valence: np.ndarray  # [N] float32, NaN where unknown
+    features: dict[str, dict[str, np.ndarray]]  # modality -> feature name -> [N, D]
     manifest: dict = field(default_factory=dict)
+    location: str = ""
 
     def __len__(self) -> int:
         return len(self.names)
@@ -59,35 +74,87 @@ class Store:
     def content_hash(self) -> str:
         return self.manifest["content_hash"]
 
+    @property
+    def dataset(self) -> Dataset:
+        return Dataset.from_dict(self.manifest["dataset"], f"{self.location} manifest")
 
-def content_hash(names, split, emotion, valence, features: dict[str, np.ndarray]) -> str:
-    """A hash of the data itself (not of the Parquet bytes), so it survives re-encoding."""
+    @property
+    def classes(self) -> list[str]:
+        return list(self.manifest["dataset"]["classes"])
+
+    @property
+    def modalities(self) -> list[str]:
+        """The modalities this dataset has, in the model's order."""
+        return [m for m in MODALITIES if m in self.features]
+
+    def feature_names(self, modality: str) -> list[str]:
+        return list(self.features[modality])
+
+    def feature(self, modality: str, name: str | None = None) -> np.ndarray:
+        """[N, D] of `name` (default: the modality's first feature)."""
+        have = self.features.get(modality)
+        if not have:
+            raise InputError(f"{self.location}: this store has no {modality} features")
+        if name is None:
+            return next(iter(have.values()))
+        if name not in have:
+            raise InputError(f"{self.location}: no {modality} feature {name!r}; it has "
+                             f"{', '.join(have)}")
+        return have[name]
+
+
+def content_hash(names, split, emotion, valence, columns: dict[str, np.ndarray]) -> str:
+    """A hash of the data itself (not of the Parquet bytes), so it survives re-encoding.
+    `columns` is keyed by column name: a single-feature MER2023 store hashes as it did in
+    the first store format (its columns are named after the modalities)."""
     h = hashlib.sha256()
     h.update("\n".join(map(str, names)).encode())
     h.update("\n".join(map(str, split)).encode())
     h.update(np.ascontiguousarray(emotion, dtype=np.int64).tobytes())
     h.update(np.ascontiguousarray(valence, dtype=np.float32).tobytes())
-    for m in sorted(features):
-        h.update(m.encode())
-        h.update(np.ascontiguousarray(features[m], dtype=np.float32).tobytes())
+    for c in sorted(columns):
+        h.update(c.encode())
+        h.update(np.ascontiguousarray(columns[c], dtype=np.float32).tobytes())
     return h.hexdigest()
 
 
-def write_store(
-    out: str | os.PathLike,
-    names,
-    split,
-    emotion,
-    valence,
-    features: dict[str, np.ndarray],
-    feature_names: dict[str, str],
-    source: str,
-    overwrite: bool = False,
-) -> Path:
-    """Validate and write a store atomically; returns its path."""
-    out = Path(out)
-    if out.exists() and not overwrite:
+def column_name(modality: str, feature: str, first: bool) -> str:
+    return modality if first else f"{modality}:{feature}"
+
+
+def _feature_table(features, feature_names) -> dict[str, dict[str, np.ndarray]]:
+    """Accept {modality: array} + {modality: name}, or {modality: {name: array}}."""
+    out = {}
+    for m, value in features.items():
+        if isinstance(value, dict):
+            out[m] = dict(value)
+        else:
+            if not feature_names or m not in feature_names:
+                raise InputError(f"write_store: no feature name given for modality {m!r}")
+            out[m] = {feature_names[m]: value}
+    return out
+
+
+def check_output_path(out, overwrite: bool = False) -> None:
+    """A store may be written at `out`: new (or --overwrite), and a place a folder can be."""
+    if exists(out) and not overwrite:
         raise InputError(f"{out} already exists; choose another --out or pass --overwrite")
+    check_output_folder(out)
+
+
+def write_store(out, names, split, emotion, valence, features: dict, feature_names=None,
+                source: str = "", dataset: Dataset | None = None,
+                overwrite: bool = False) -> str:
+    """Validate and write a store atomically; returns its location.
+
+    emotion: class index per sample, NO_LABEL (-1) for samples of unlabelled splits;
+    valence: NaN where unknown; features: {modality: [N, D]} with `feature_names`
+    {modality: name}, or {modality: {feature name: [N, D]}} for several per modality;
+    dataset: the description (default MER2023 restricted to the splits present)."""
+    from mer_ray.constants import MER2023
+
+    out = str(out)
+    check_output_path(out, overwrite)
     names = np.asarray(names, dtype=str)
     split = np.asarray(split, dtype=str)
     emotion = np.asarray(emotion, dtype=np.int64)
@@ -95,123 +162,312 @@ def write_store(
     n = len(names)
     for what, arr in (("split", split), ("emotion", emotion), ("valence", valence)):
         if len(arr) != n:
-            raise ValueError(f"{what} has {len(arr)} rows, names has {n}")
-    if set(features) != set(MODALITIES):
-        raise ValueError(f"features must hold {MODALITIES}, got {sorted(features)}")
-    bad = set(np.unique(split)) - set(SPLITS)
-    if bad:
-        raise ValueError(f"unknown split(s) {sorted(bad)}; expected {SPLITS}")
+            raise InputError(f"write_store: {what} has {len(arr)} rows, names has {n}")
+    table = _feature_table(features, feature_names)
+    present = list(dict.fromkeys(split.tolist()))
+    if dataset is None:
+        dataset = MER2023.restricted_to(present)
+    check_rows(dataset, names, split, emotion, valence, where="write_store")
+    unknown = sorted(set(table) - set(MODALITIES))
+    if unknown or not table:
+        raise InputError(f"write_store: modalities must be some of {', '.join(MODALITIES)}, "
+                         f"got {sorted(table)}")
 
     columns = {
         "name": pa.array(names, pa.string()),
         "split": pa.array(split, pa.string()),
-        "emotion": pa.array(emotion, pa.int8()),
+        "emotion": pa.array(np.where(emotion < 0, 0, emotion), pa.int16(), mask=emotion < 0),
         "valence": pa.array(valence, pa.float32(), mask=np.isnan(valence)),
     }
-    modalities = {}
+    modalities, hashed = {}, {}
     for m in MODALITIES:
-        x = np.ascontiguousarray(features[m], dtype=np.float32)
-        if x.ndim != 2 or len(x) != n:
-            raise ValueError(f"{m} features must be [N={n}, D], got {x.shape}")
-        columns[m] = pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), x.shape[1])
-        modalities[m] = {"feature": feature_names[m], "dim": int(x.shape[1])}
-
+        if m not in table:
+            continue
+        modalities[m] = []
+        for i, (feat, x) in enumerate(table[m].items()):
+            x = np.ascontiguousarray(x, dtype=np.float32)
+            if x.ndim != 2 or len(x) != n or x.shape[1] < 1:
+                raise InputError(f"write_store: {m} feature {feat} must be [N={n}, D], "
+                                 f"got {x.shape}")
+            check_finite(x, names, f"{m} feature {feat}")
+            col = column_name(m, feat, i == 0)
+            columns[col] = pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), x.shape[1])
+            modalities[m].append({"feature": str(feat), "dim": int(x.shape[1]), "column": col})
+            hashed[col] = x
     manifest = {
         "format": FORMAT,
-        "classes": list(CLASSES),
+        "dataset": dataset.to_dict(),
         "modalities": modalities,
         "source": source,
-        "counts": {
-            s: [int(c) for c in np.bincount(emotion[split == s], minlength=len(CLASSES))]
-            for s in SPLITS
-            if (split == s).any()
-        },
-        "content_hash": content_hash(names, split, emotion, valence, features),
+        "sizes": {s: int((split == s).sum()) for s in present},
+        "counts": count_classes(dataset, split, emotion),
+        "content_hash": content_hash(names, split, emotion, valence, hashed),
     }
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        pq.write_table(
-            pa.table(columns),
-            tmp / SAMPLES_FILE,
-            compression="none",
-            use_dictionary=["name", "split"],
-            row_group_size=max(n, 1),
-        )
-        (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.table(columns), sink, compression="none",
+                   use_dictionary=["name", "split"], row_group_size=max(n, 1))
+    files = {SAMPLES_FILE: sink.getvalue().to_pybytes(),
+             MANIFEST_FILE: (json.dumps(manifest, indent=2) + "\n").encode()}
+    _write_files(out, files, overwrite)
     return out
 
 
-def _matrix(col: pa.ChunkedArray, dim: int) -> np.ndarray:
-    flat = col.combine_chunks().flatten().to_numpy(zero_copy_only=False)
-    return flat.reshape(-1, dim)
+def _write_files(out: str, files: dict, overwrite: bool) -> None:
+    if is_uri(out):
+        # object stores cannot rename folders: the manifest goes last, so a store is
+        # only ever found whole (read_manifest needs it)
+        fs, path = resolve(out)
+        with storage_errors(out):
+            if overwrite and exists(join(out, MANIFEST_FILE)):
+                fs.delete_file(f"{path.rstrip('/')}/{MANIFEST_FILE}")
+            for name in (SAMPLES_FILE, MANIFEST_FILE):
+                write_bytes(join(out, name), files[name])
+        return
+    parent = os.path.dirname(os.path.abspath(out)) or "."
+    with storage_errors(out):
+        os.makedirs(parent, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.tmp-", dir=parent)
+        try:
+            for name, data in files.items():
+                with open(os.path.join(tmp, name), "wb") as f:
+                    f.write(data)
+            if os.path.exists(out):
+                shutil.rmtree(out)
+            os.replace(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
 
 
-def read_manifest(path: str | os.PathLike) -> dict:
-    path = Path(path)
-    mf = path / MANIFEST_FILE
-    if not (path / SAMPLES_FILE).is_file() or not mf.is_file():
-        raise InputError(
-            f"{path} is not a feature store (expected {SAMPLES_FILE} and {MANIFEST_FILE}); "
-            "create one with `mer-ray data import` or `mer-ray data synth`"
-        )
+def count_classes(dataset: Dataset, split, emotion) -> dict:
+    """{labelled split: [count per class]}."""
+    return {s.name: [int(c) for c in np.bincount(emotion[split == s.name],
+                                                   minlength=dataset.n_classes)]
+            for s in dataset.splits if s.labelled and (split == s.name).any()}
+
+
+def check_rows(dataset: Dataset, names, split, emotion, valence, where: str) -> None:
+    """Labels, splits and valence agree with the dataset description (InputError naming
+    the first offending sample)."""
+    if len(names) == 0:
+        raise InputError(f"{where}: no samples")
+    uniq, counts = np.unique(names, return_counts=True)
+    if (counts > 1).any():
+        raise InputError(f"{where}: sample {uniq[counts > 1][0]} appears more than once")
+    known = {s.name for s in dataset.splits}
+    bad = ~np.isin(split, list(known))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise InputError(f"{where}: sample {names[i]} is in split {split[i]!r}, which the "
+                         f"dataset does not have (splits: {', '.join(sorted(known))})")
+    if not (split == TRAIN).any():
+        raise InputError(f"{where}: no sample in split {TRAIN!r}; it is required")
+    for s in dataset.splits:
+        rows = np.flatnonzero(split == s.name)
+        if len(rows) == 0:
+            raise InputError(f"{where}: split {s.name!r} is described but has no samples")
+        e, v = emotion[rows], valence[rows]
+        if s.labelled:
+            bad = (e < 0) | (e >= dataset.n_classes)
+            if bad.any():
+                i = rows[np.flatnonzero(bad)[0]]
+                raise InputError(f"{where}: sample {names[i]} in {s.name} has emotion index "
+                                 f"{emotion[i]}, expected 0..{dataset.n_classes - 1} "
+                                 f"({', '.join(dataset.classes)})")
+        elif (e != NO_LABEL).any():
+            i = rows[np.flatnonzero(e != NO_LABEL)[0]]
+            raise InputError(f"{where}: sample {names[i]} in unlabelled split {s.name} has a "
+                             "label; unlabelled splits carry none")
+        if s.valence:
+            bad = ~np.isfinite(v)
+            if bad.any():
+                i = rows[np.flatnonzero(bad)[0]]
+                raise InputError(f"{where}: sample {names[i]} in {s.name} has no finite "
+                                 f"valence ({valence[i]}), but the split has valence")
+        elif not np.isnan(v).all():
+            i = rows[np.flatnonzero(~np.isnan(v))[0]]
+            raise InputError(f"{where}: sample {names[i]} in {s.name} has a valence, but the "
+                             "dataset says the split has none")
+
+
+def check_finite(x: np.ndarray, names, what: str) -> None:
+    finite = np.isfinite(x)
+    if not finite.all():
+        rows = np.flatnonzero(~finite.all(axis=1))
+        raise InputError(f"{what}: sample {names[rows[0]]} has "
+                         f"{int((~finite[rows[0]]).sum())} NaN or Inf value(s) "
+                         f"({len(rows)} sample(s) affected); re-extract those features")
+
+
+# ---------------------------------------------------------------- reading
+def _is_store_hint(location: str) -> str:
+    return (f"{location} is not a feature store (expected {SAMPLES_FILE} and "
+            f"{MANIFEST_FILE}); create one with `mer-ray data import` or `mer-ray data synth`")
+
+
+def read_manifest(location) -> dict:
+    """The manifest (upgraded in memory from the first store format)."""
+    location = str(location)
+    mf = join(location, MANIFEST_FILE)
+    with storage_errors(location, "reading"):
+        if not exists(mf) or not exists(join(location, SAMPLES_FILE)):
+            raise InputError(_is_store_hint(location))
+        raw = read_bytes(mf)
     try:
-        manifest = json.loads(mf.read_text())
-    except json.JSONDecodeError as e:
+        manifest = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise InputError(f"{mf} is not valid JSON ({e}); re-create the store") from None
-    if manifest.get("format") != FORMAT:
-        raise InputError(f"{mf} has format {manifest.get('format')!r}, expected {FORMAT!r}")
+    if not isinstance(manifest, dict):
+        raise InputError(f"{mf} is not a store manifest; re-create the store")
+    fmt = manifest.get("format")
+    if fmt in OLD_FORMATS:
+        manifest = _upgrade_v1(manifest, mf)
+    elif fmt != FORMAT:
+        raise InputError(f"{mf} has format {fmt!r}, expected {FORMAT!r}")
+    try:
+        Dataset.from_dict(manifest["dataset"], str(mf))
+        for m, feats in manifest["modalities"].items():
+            if m not in MODALITIES:
+                raise InputError(f"{mf}: unknown modality {m!r}; expected some of "
+                                 f"{', '.join(MODALITIES)}")
+            if not feats:
+                raise InputError(f"{mf}: modality {m} lists no feature")
+            for f in feats:
+                if not isinstance(f["dim"], int) or f["dim"] < 1:
+                    raise InputError(f"{mf}: {m} feature {f['feature']} has dim {f['dim']!r}")
+                str(f["feature"]), str(f["column"])
+        if not manifest["modalities"]:
+            raise InputError(f"{mf}: the store lists no modality")
+        str(manifest["content_hash"])
+    except (KeyError, TypeError, AttributeError) as e:
+        raise InputError(f"{mf}: incomplete manifest ({type(e).__name__}: {e}); re-create "
+                         "the store") from None
     return manifest
 
 
-def read_store(path: str | os.PathLike, verify: bool = False) -> Store:
-    """Read a whole store into numpy. verify=True re-hashes the data against the manifest."""
-    path = Path(path)
-    manifest = read_manifest(path)
+def _upgrade_v1(manifest: dict, where: str) -> dict:
+    """The first format: MER2023 only, one feature per modality in a column named after
+    the modality, no unlabelled splits."""
+    from mer_ray.constants import MER2023
+
     try:
-        table = pq.read_table(path / SAMPLES_FILE)
-    except (pa.ArrowInvalid, OSError) as e:
-        raise InputError(f"{path / SAMPLES_FILE} cannot be read ({e}); re-create the store") from None
-    features = {m: _matrix(table[m], info["dim"]) for m, info in manifest["modalities"].items()}
+        classes = list(manifest["classes"])
+        present = list(manifest["counts"])
+        if classes != list(MER2023.classes):
+            raise InputError(f"{where}: a first-format store with classes {classes}; "
+                             "re-create it with `mer-ray data import`")
+        return {
+            "format": FORMAT, "upgraded_from": manifest["format"],
+            "dataset": MER2023.restricted_to(present).to_dict(),
+            "modalities": {m: [{"feature": i["feature"], "dim": i["dim"], "column": m}]
+                           for m, i in manifest["modalities"].items()},
+            "source": manifest.get("source", ""),
+            "sizes": {s: int(sum(c)) for s, c in manifest["counts"].items()},
+            "counts": manifest["counts"],
+            "content_hash": manifest["content_hash"],
+        }
+    except (KeyError, TypeError) as e:
+        raise InputError(f"{where}: incomplete manifest ({e}); re-create the store") from None
+
+
+def _matrix(table: pa.Table, col: str, dim: int, where: str) -> np.ndarray:
+    if col not in table.column_names:
+        raise InputError(f"{where}: column {col!r} named by the manifest is missing; "
+                         "re-create the store")
+    arr = table[col].combine_chunks()
+    if not pa.types.is_fixed_size_list(arr.type) or not pa.types.is_float32(arr.type.value_type):
+        raise InputError(f"{where}: column {col!r} is {arr.type}, expected fixed-size lists "
+                         "of float32; re-create the store")
+    if arr.type.list_size != dim:
+        raise InputError(f"{where}: the manifest says {col} has {dim} values per sample, "
+                         f"but the data holds {arr.type.list_size}; the manifest was edited "
+                         "or belongs to another store: re-create the store")
+    if arr.null_count:
+        raise InputError(f"{where}: column {col!r} has {arr.null_count} missing vector(s)")
+    return arr.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
+
+
+def read_store(location, verify: bool = False) -> Store:
+    """Read a whole store into numpy. verify=True checks it as training needs it: the
+    content hash, labels, valence and finiteness (module docstring)."""
+    location = str(location)
+    manifest = read_manifest(location)
+    where = join(location, SAMPLES_FILE)
+    fs, path = resolve(where)
+    try:
+        with storage_errors(location, "reading"):
+            table = pq.read_table(path, filesystem=fs)
+    except (pa.ArrowInvalid, pa.ArrowException) as e:
+        raise InputError(f"{where} cannot be read ({e}); re-create the store") from None
+    for col in ("name", "split", "emotion", "valence"):
+        if col not in table.column_names:
+            raise InputError(f"{where}: column {col!r} is missing; re-create the store")
+    features = {
+        m: {f["feature"]: _matrix(table, f["column"], f["dim"], where) for f in feats}
+        for m, feats in manifest["modalities"].items()
+    }
+    emotion = table["emotion"].combine_chunks()
     store = Store(
         names=np.asarray(table["name"].to_pylist(), dtype=str),
         split=np.asarray(table["split"].to_pylist(), dtype=str),
-        emotion=table["emotion"].to_numpy().astype(np.int64),
+        emotion=emotion.fill_null(NO_LABEL).to_numpy(zero_copy_only=False).astype(np.int64),
         valence=table["valence"].to_numpy(zero_copy_only=False).astype(np.float32),
         features=features,
         manifest=manifest,
+        location=location,
     )
     if verify:
-        actual = content_hash(
-            store.names, store.split, store.emotion, store.valence, store.features
-        )
-        if actual != manifest["content_hash"]:
-            raise InputError(
-                f"{path}: data does not match the manifest's content_hash; re-create the store"
-            )
+        verify_store(store)
     return store
 
 
+def verify_store(store: Store) -> None:
+    """Everything a training run relies on, checked before its first epoch."""
+    where = store.location or "store"
+    dataset = store.dataset
+    check_rows(dataset, store.names, store.split, store.emotion, store.valence, where)
+    counts = count_classes(dataset, store.split, store.emotion)
+    if counts != store.manifest.get("counts", counts):
+        raise InputError(f"{where}: the manifest's class counts {store.manifest['counts']} "
+                         f"disagree with the data's {counts}; re-create the store")
+    columns = {}
+    for m, feats in store.manifest["modalities"].items():
+        for f in feats:
+            x = store.features[m][f["feature"]]
+            check_finite(x, store.names, f"{where}: {m} feature {f['feature']}")
+            columns[f["column"]] = x
+    actual = content_hash(store.names, store.split, store.emotion, store.valence, columns)
+    if actual != store.manifest["content_hash"]:
+        raise InputError(f"{where}: the data does not match the manifest's content hash (the "
+                         "files were changed after the store was written); re-create the "
+                         "store with `mer-ray data import`")
+
+
 def summary_table(store_or_manifest) -> str:
-    """The dataset summary: split, count and count per class."""
+    """The dataset summary: split, role, count and count per class."""
     manifest = getattr(store_or_manifest, "manifest", store_or_manifest)
-    classes = manifest["classes"]
-    counts = manifest["counts"]
+    dataset = Dataset.from_dict(manifest["dataset"])
+    classes = dataset.classes
+    counts, sizes = manifest["counts"], manifest.get("sizes", {})
     width = max(8, *(len(c) for c in classes))
-    head = f"{'split':<7}{'count':>7}" + "".join(f"{c:>{width + 1}}" for c in classes)
-    lines = [head, "-" * len(head)]
-    for s in SPLITS:
-        if s in counts:
-            row = counts[s]
-            lines.append(f"{s:<7}{sum(row):>7}" + "".join(f"{c:>{width + 1}}" for c in row))
-    mods = ", ".join(f"{m} {i['feature']} ({i['dim']})" for m, i in manifest["modalities"].items())
+    head = (f"{'split':<12}{'role':<11}{'count':>7}"
+            + "".join(f"{c:>{width + 1}}" for c in classes))
+    lines = [f"dataset: {dataset.name}, {dataset.n_classes} classes, "
+             f"{'with' if dataset.has_valence else 'no'} valence", head, "-" * len(head)]
+    for s in dataset.splits:
+        role = s.role + ("" if s.valence or not s.labelled else "*")
+        if s.name in counts:
+            row = counts[s.name]
+            lines.append(f"{s.name:<12}{role:<11}{sum(row):>7}"
+                         + "".join(f"{c:>{width + 1}}" for c in row))
+        else:
+            lines.append(f"{s.name:<12}{role:<11}{sizes.get(s.name, 0):>7}  (no labels)")
+    if any(s.labelled and not s.valence for s in dataset.splits):
+        lines.append("* no valence labels")
+    mods = "; ".join(f"{m} " + ", ".join(f"{f['feature']} ({f['dim']})" for f in feats)
+                     for m, feats in manifest["modalities"].items())
     lines.append(f"features: {mods}")
     lines.append(f"source: {manifest['source']}  content hash: {manifest['content_hash'][:16]}")
     return "\n".join(lines)
+
+
