@@ -13,19 +13,26 @@ import uuid
 import pyarrow.fs as pafs
 
 from mer_ray.errors import InputError
-from mer_ray.members import resolve
+from mer_ray.storage import resolve, storage_errors
 
 
 def check_out(out: str) -> None:
-    """Refuse an --out that exists as a file, before any work is done."""
-    fs, root = resolve(out)
-    if fs.get_file_info(root).type == pafs.FileType.File:
-        raise InputError(f"--out {out} is a file; give a folder (it is created if missing)")
+    """Refuse an --out that cannot be a folder (a file, a path below a file, an unknown
+    URI scheme, a folder we cannot write), before any work is done."""
+    from mer_ray.storage import check_output_folder
+
+    check_output_folder(out)
 
 
 def write_outputs(out: str, files: dict[str, bytes]) -> str:
-    """Write `files` (name -> content) into folder `out`; returns its resolved path."""
+    """Write `files` (name -> content) into folder `out`; returns its location. A full or
+    read-only disk is one StorageError line, and `out` is left as it was."""
     check_out(out)
+    with storage_errors(out):
+        return _write(out, files)
+
+
+def _write(out: str, files: dict[str, bytes]) -> str:
     fs, root = resolve(out)
     root = root.rstrip("/")
     parent, name = root.rsplit("/", 1) if "/" in root else ("", root)

@@ -151,7 +151,7 @@ def cmd_train(args):
     from mer_ray.run import read_config_members
 
     config, seeds, _ = _run_grid(args, [{}])
-    members = read_config_members(args.out, config, seeds)
+    members = read_config_members(args.out, config, seeds, log=print)
     print(f"\n{config.preset}: fold-averaged members of each seed (MERTools protocol)")
     print(seed_table(members))
 

@@ -102,12 +102,12 @@ def check_recipe(store, config) -> list[str]:
     if len(train) < config.n_folds:
         raise InputError(f"n_folds={config.n_folds}: the train split has only {len(train)} "
                          "samples; lower n_folds")
-    for c, n in zip(dataset.classes, counts):
-        if n < config.n_folds:
-            raise InputError(f"n_folds={config.n_folds}: class {c!r} has {n} training "
-                             f"sample(s), fewer than the folds, so some folds would lack it; "
-                             f"lower n_folds to at most {max(2, int(counts.min()))} or add "
-                             "samples")
+    smallest = int(np.argmin(counts))
+    if counts[smallest] < config.n_folds:
+        raise InputError(f"n_folds={config.n_folds}: class {dataset.classes[smallest]!r} has "
+                         f"{counts[smallest]} training sample(s), fewer than the folds, so "
+                         f"some folds would lack it; lower n_folds to at most "
+                         f"{max(2, int(counts[smallest]))} or add samples")
     if config.warmup >= config.epochs and _robust(config):
         notes.append(f"{config.preset}: warmup {config.warmup} >= epochs {config.epochs}: "
                      "modality dropout and feature noise never start")

@@ -159,7 +159,14 @@ def train_grid_here(store, store_location: str, config, settings, seeds, run: st
     return trained
 
 
-def read_config_members(run: str, config, seeds):
-    """The saved members of one config and these seeds."""
+def read_config_members(run: str, config, seeds, log=None):
+    """The saved members of one config and these seeds (those that failed in training are
+    left out, with a line to `log`)."""
     wanted = {member_id(config.to_dict(), f, s) for f, s in all_specs(config, seeds)}
-    return [read_member(member_path(run, mid)) for mid in sorted(wanted & existing_member_ids(run))]
+    members = [read_member(member_path(run, mid))
+               for mid in sorted(wanted & existing_member_ids(run))]
+    failed = [m for m in members if m.status != "ok"]
+    if failed and log is not None:
+        log(f"{len(failed)} member(s) failed in training and are left out: "
+            + ", ".join(f"{m.member_id} ({m.stop_reason})" for m in failed))
+    return [m for m in members if m.status == "ok"]
