@@ -12,8 +12,7 @@ import uuid
 
 import pyarrow.fs as pafs
 
-from mer_ray.errors import InputError
-from mer_ray.storage import resolve, storage_errors
+from mer_ray.storage import absolute, resolve, storage_errors
 
 
 def check_out(out: str) -> None:
@@ -62,4 +61,4 @@ def _write(out: str, files: dict[str, bytes]) -> str:
         except OSError:
             pass
         raise
-    return root
+    return absolute(out)

@@ -1,0 +1,100 @@
+"""Object storage end to end against a real S3-compatible server (moto's standalone
+server on 127.0.0.1, started here and stopped at the end): the cluster docs' commands
+with `--store s3://...` and `--out s3://...` run as written."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mer_ray.cli import main
+from mer_ray.data.synth import synthesize
+from raytools import set_args
+
+BUCKET = "mer-bucket"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    server = Path(sys.executable).with_name("moto_server")
+    if not server.exists():
+        pytest.skip("moto's standalone server is not installed (pip install 'moto[server]')")
+    port = free_port()
+    proc = subprocess.Popen([str(server), "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # pyarrow's S3 filesystem reads these (as a job's nodes would)
+    try:
+        import boto3
+
+        for _ in range(100):
+            try:
+                boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=BUCKET)
+                break
+            except Exception:
+                time.sleep(0.1)
+        else:
+            pytest.fail("moto server did not come up")
+        yield f"s3://{BUCKET}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def test_import_upload_train_score_report_predict_on_s3(s3, tmp_path, capsys):
+    import pyarrow.fs as pafs
+
+    tree = synthesize(tmp_path / "tree", scale=0.05, progress=False)
+    local = tmp_path / "store"
+    assert main(["data", "import", "--features", str(tree / "features"), "--labels",
+                 str(tree / "labels.csv"), "--out", str(local), "--quiet"]) == 0
+    pafs.copy_files(str(local), f"{s3}/store")  # upload, as a user would
+    store, run = f"{s3}/store", f"{s3}/runs/v3"
+    assert main(["data", "summary", store, "--verify"]) == 0
+    args = ["--store", store, "--out", run, "--pack-size", "5", *set_args(),
+            "--set", "epochs=1"]
+    assert main(["train", "--no-ray", *args]) == 0
+    capsys.readouterr()
+    assert main(["train", "--no-ray", *args]) == 0  # resume finds the members on S3
+    assert "5 already saved" in capsys.readouterr().out
+    assert main(["ensemble", "score", run]) == 0
+    assert f"to {run}/ensemble" in capsys.readouterr().out
+    assert main(["report", run]) == 0
+    assert main(["predict", run, "--store", store, "--split", "test1", "--out",
+                 f"{s3}/predictions", "--quiet"]) == 0
+    fs, path = pafs.FileSystem.from_uri(f"{s3}/runs/v3")
+    names = {i.path.rsplit("/", 1)[-1] for i in fs.get_file_info(
+        pafs.FileSelector(path, recursive=True))}
+    assert {"run.json", "scores.json", "report.html", "submission_test2.csv"} <= names
+    assert sum(n.endswith(".safetensors") for n in names) == 5
+    # a store written straight to S3 by the importer, and the tune command through Ray
+    assert main(["data", "import", "--features", str(tree / "features"), "--labels",
+                 str(tree / "labels.csv"), "--out", f"{s3}/store2", "--quiet"]) == 0
+    assert main(["tune", "--store", f"{s3}/store2", "--out", f"{s3}/runs/grid", "--warmup",
+                 "1", "--pack-size", "5", *set_args(), "--set", "epochs=1"]) == 0
+    assert "warmup=1" in capsys.readouterr().out
+
+
+def test_s3_mistakes_are_one_line(s3, capsys):
+    assert main(["data", "summary", f"{s3}/no-such-store"]) == 2
+    assert "is not a feature store" in capsys.readouterr().err
+    assert main(["ensemble", "score", f"{s3}/no-such-run"]) == 2
+    assert "no such run folder" in capsys.readouterr().err
