@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
 from mer_ray.errors import InputError
 from mer_ray.members import MEMBERS_DIR, MemberResult, list_member_files, read_member
 from mer_ray.storage import join, read_bytes
@@ -29,11 +31,23 @@ def load_run(run: str, warn=None) -> list[MemberResult]:
         )
     # read_member itself refuses corrupt files and files missing their oof split.
     members = [read_member(f) for f in files]
+    for m in members:
+        check_finite(m)
     failed = [m for m in members if m.status != "ok"]
     if failed and warn is not None:
         for m in failed:
             warn(f"{m.path}: member failed in training ({m.stop_reason}); left out")
     return [m for m in members if m.status == "ok"]
+
+
+def check_finite(m: MemberResult) -> None:
+    """Scoring never sees NaN: a member file holding one is refused, named."""
+    for split, p in m.predictions.items():
+        for what, x in (("logits", p.logits), ("valence", p.valence)):
+            if x is not None and not np.isfinite(x).all():
+                raise InputError(f"{m.path}: {split} {what} hold NaN or Inf; the file is "
+                                 "damaged: delete it and run the same training command to "
+                                 "retrain that member")
 
 
 def _dataset_name(m: MemberResult) -> str:

@@ -200,6 +200,17 @@ def test_greedy_and_weighted_pick_the_good_group():
 
 # --- where ------------------------------------------------------------------------------
 
+def test_where_on_an_unknown_field_lists_the_fields(run, tmp_path, capsys):
+    rc, _, err = cli(["ensemble", "score", run, "--where", "contrastive_wieght > 0",
+                      "--out", tmp_path / "o"], capsys)
+    assert rc == 2 and "unknown field 'contrastive_wieght'" in err and "warmup" in err
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    rc, _, err = cli(["ensemble", "score", a_file, "--out", tmp_path / "o"], capsys)
+    assert rc == 2 and "is a file, not a run folder" in err
+    assert not (tmp_path / "o").exists()
+
+
 def test_where_filter(run):
     members = load_members(run)
     assert len(filter_members(members, "warmup in (30,40,50)")) == 20
@@ -281,10 +292,19 @@ def _bad_member(kind, run_dir):
         path = run_dir / "members" / "garbage.parquet"
         path.write_bytes(b"this is not parquet" * 50)
         return str(path)
+    if kind == "nan":  # scoring never sees NaN: the member is named instead
+        m = fake_member(cfg, 2, 0)
+        m.predictions["test1"].logits[3, 2] = np.nan
+        return write_member(m, good)
+    if kind == "other_dataset":
+        m = fake_member(cfg, 2, 0)
+        m.dataset = MER2023.restricted_to(["test1", "test2", "test3"]).to_dict() | {"name": "X"}
+        return write_member(m, good)
     raise AssertionError(kind)
 
 
-@pytest.mark.parametrize("kind", ["empty", "classes", "hash", "missing_split", "corrupt"])
+@pytest.mark.parametrize("kind", ["empty", "classes", "hash", "missing_split", "corrupt", "nan",
+                                  "other_dataset"])
 def test_score_refusals(kind, tmp_path, capsys):
     run_dir = tmp_path / "run"
     culprit = _bad_member(kind, run_dir)
