@@ -315,7 +315,9 @@ def report_html(run: str, ev: Evaluation, pngs: dict[str, bytes], masked: dict,
                   "trace Cov_train) (1 = same spread); domain AUC = cross-validated ROC AUC of "
                   "a logistic regression telling test from train on the "
                   f"{robustness.PCA_DIM} leading principal components and their squares "
-                  "(0.5 = no shift, 1 = fully separable).</p>", _shift_html(shift)]
+                  "(0.5 = no shift, 1 = fully separable).</p>", _shift_html(shift),
+                  "<p>" + "<br>".join(html.escape(x) for x in
+                                      robustness.suggestion_lines(shift)) + "</p>"]
     parts.append(_img("robustness", pngs["robustness.png"]))
     if notes:
         parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes)
@@ -380,7 +382,7 @@ def build_report(run: str, out: str | None = None, store: str | None = None,
             robustness.format_masked(masked)]
     if shift:
         text += ["feature shift from train (mean shift, spread ratio, domain-classifier AUC):",
-                 robustness.format_shift(shift)]
+                 robustness.format_shift(shift), *robustness.suggestion_lines(shift)]
     if note:
         text.append(f"note: {note}")
     return "\n".join(text), written

@@ -164,3 +164,58 @@ def format_shift(shift: dict) -> str:
                         f"{per[s]['domain_auc']:>11.3f}" for s in splits)
         lines.append(f"{m:<8}{cells}")
     return "\n".join(lines)
+
+
+# ---- from the analysis to a recipe ------------------------------------------------------
+SUGGEST_DROPOUT = (0.1, 0.4)  # per-modality dropout from the least to the most shifted
+SUGGEST_NOISE = 0.3  # feature noise (train-set sds) for the most shifted modality
+
+
+def shift_scores(shift: dict, split: str) -> dict[str, float]:
+    """How far each modality of `split` moved from train, in [0, 1]: 2 (AUC - 0.5),
+    the domain classifier's margin over chance (0 = indistinguishable)."""
+    return {m: max(0.0, 2 * (per[split]["domain_auc"] - 0.5)) for m, per in shift.items()
+            if split in per and np.isfinite(per[split]["domain_auc"])}
+
+
+def noisiest_split(shift: dict) -> str | None:
+    """The test split whose features moved furthest from train (mean shift score)."""
+    splits = list(dict.fromkeys(s for per in shift.values() for s in per))
+    if not splits:
+        return None
+    return max(splits, key=lambda s: np.mean(list(shift_scores(shift, s).values()) or [0]))
+
+
+def suggest_recipe(shift: dict, split: str | None = None) -> tuple[dict, str]:
+    """A per-modality robustness setting aimed at `split` (default the noisiest one),
+    from the feature shift alone: no test label is looked at, so trying it stays honest.
+    The most shifted modality gets the most modality dropout (SUGGEST_DROPOUT) and
+    training-time noise (SUGGEST_NOISE); the others in proportion to their shift.
+    Returns ({field: value}, a line saying why)."""
+    split = split or noisiest_split(shift)
+    scores = shift_scores(shift, split) if split else {}
+    if not scores:
+        return {}, "no feature shift to aim at (no test split, or no store)"
+    top = max(scores.values()) or 1.0
+    lo, hi = SUGGEST_DROPOUT
+    setting = {}
+    for m, s in scores.items():
+        rel = s / top
+        setting[f"modality_dropout_{m}"] = round(lo + (hi - lo) * rel, 2)
+        setting[f"feature_noise_{m}"] = round(SUGGEST_NOISE * rel, 2) if rel >= 0.5 else 0.0
+    ranked = ", ".join(f"{m} {scores[m]:.2f}" for m in sorted(scores, key=scores.get,
+                                                                 reverse=True))
+    why = (f"{split}'s features moved from train most in {max(scores, key=scores.get)} "
+           f"(shift score 2(AUC - 0.5): {ranked}); from features alone, no {split} label used")
+    return setting, why
+
+
+def suggestion_lines(shift: dict) -> list[str]:
+    setting, why = suggest_recipe(shift)
+    if not setting:
+        return [f"suggested robustness setting: none ({why})"]
+    flags = " ".join(f"--set {k}={v}" for k, v in setting.items())
+    return [f"suggested per-modality robustness setting ({why}):",
+            f"  mer-ray tune --preset robust_v3 --store STORE --out RUN {flags}",
+            "  compare it with the plain recipe on cv (out-of-fold) before you look at any "
+            "test score"]

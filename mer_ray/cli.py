@@ -170,6 +170,33 @@ def cmd_tune(args):
     print(trial_table(rows))
 
 
+def cmd_search(args):
+    from ensembles.groups import trial_summary
+    from mer_ray.run import read_config_members
+    from mer_ray.data.store import read_manifest
+    from mer_ray.search import SPACE, best_trials, draw_settings, search_table
+
+    manifest = read_manifest(args.store)
+    settings = draw_settings(args.trials, args.search_seed, modalities=manifest["modalities"])
+    print(f"random search: {args.trials} trial(s) drawn with --search-seed {args.search_seed}, "
+          f"each one seed's {get_folds(args)} folds; space: "
+          + "; ".join(d.describe() for d in SPACE))
+    args.seeds, args.command = [args.seed], "tune"
+    config, seeds, rows = _run_grid(args, settings)
+    if rows is None:
+        rows = [(s, trial_summary(read_config_members(args.out, config.replace(**s), seeds)))
+                for s in settings]
+    best = best_trials(rows, args.top)
+    print(f"\ntrials, best out-of-fold first (objective: cv {'combined' if 'cv_combined' in rows[0][1] else 'f1'})")
+    print(search_table(rows, best))
+    print(f"\nnext: mer-ray ensemble score {args.out} --strategy greedy  (greedy picks among "
+          "the trials on out-of-fold predictions too)")
+
+
+def get_folds(args) -> int:
+    return _recipe(args).n_folds
+
+
 def cmd_predict(args):
     import time
 
@@ -230,7 +257,8 @@ def _add_train_args(t, name: str) -> None:
                    help="baseline, robust_v1, robust_v2 or robust_v3 (default)")
     t.add_argument("--store", required=True, help="feature store (mer-ray data import), a "
                    "folder or URI (s3://, gs://, ...)")
-    t.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds (default 0)")
+    if name != "search":
+        t.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds (default 0)")
     t.add_argument("--out", required=True, help="run folder or URI (s3://, gs://, ...)")
     t.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a preset field, e.g. --set epochs=50 (repeatable)")
@@ -342,6 +370,20 @@ def build_parser() -> argparse.ArgumentParser:
         )
         _add_train_args(t, name)
         t.set_defaults(func=cmd_train if name == "train" else cmd_tune)
+
+    se = sub.add_parser(
+        "search", help="random recipe search, each trial one seed's folds, chosen on cv only",
+        description="Draw --trials recipes from a documented space (warmup, dropout, L2, "
+        "per-modality modality dropout and feature noise, contrastive weight; see "
+        "mer_ray/search.py), train each as one seed's folds through Ray Tune (FIFO: whole "
+        "trials always finish), and rank them by their out-of-fold score only; test splits "
+        "are shown as held out. The same --search-seed draws the same trials (resume).")
+    _add_train_args(se, "search")
+    se.add_argument("--trials", type=int, default=8, help="recipes to draw (default 8)")
+    se.add_argument("--search-seed", type=int, default=0, help="seed of the draws (default 0)")
+    se.add_argument("--seed", type=int, default=0, help="the training seed of every trial")
+    se.add_argument("--top", type=int, default=3, help="trials marked as chosen (default 3)")
+    se.set_defaults(func=cmd_search)
 
     pr = sub.add_parser(
         "predict", help="predict new (unlabelled) features with a run's kept members",

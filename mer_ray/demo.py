@@ -15,6 +15,7 @@ ensemble is one of seeds as well as folds. Raise --scale for the real picture.
 from __future__ import annotations
 
 import shutil
+import textwrap
 import time
 from pathlib import Path
 
@@ -36,13 +37,15 @@ def run_demo(out: str, seed: int = 0, scale: float = DEMO_SCALE, seeds=DEMO_SEED
              overwrite: bool = False, address: str | None = None) -> None:
     import ray
 
+    from ensembles.groups import trial_table
     from ensembles.score import score_runs
     from mer_ray import ray_train
     from mer_ray.data.mertools import import_mertools
-    from mer_ray.data.store import read_store, summary_table
+    from mer_ray.data.store import summary_table
     from mer_ray.data.synth import synthesize
+    from mer_ray.preflight import preflight
     from mer_ray.presets import get_preset
-    from mer_ray.run import trial_table
+    from mer_ray.run import record_run
 
     out = Path(out).absolute()
     if out.exists():
@@ -56,25 +59,78 @@ def run_demo(out: str, seed: int = 0, scale: float = DEMO_SCALE, seeds=DEMO_SEED
     print(f"[1/4] generating synthetic MER2023 (data seed {seed}) in {out / 'mertools'}")
     synthesize(out / "mertools", seed=seed, scale=scale, progress=False)
     print(f"[2/4] importing through the MERTools importer into {out / 'store'}")
-    import_mertools(out / "mertools" / "features", out / "mertools" / "labels.csv", out / "store",
+    store, run = str(out / "store"), str(out / "run")
+    import_mertools(out / "mertools" / "features", out / "mertools" / "labels.csv", store,
                     progress=False)
-    print(summary_table(read_store(out / "store", verify=True)))
+    settings = [{"warmup": w} for w in DEMO_WARMUPS]
+    config = get_preset("robust_v3")
+    configs = [config.replace(**s) for s in settings]
+    checked = preflight(store, configs, list(seeds), run, demo_pack_size(seeds))
+    print(summary_table(checked.store))
+    record_run(run, store, configs, checked.store.manifest)
     print(f"[3/4] Ray Tune over warmup {'/'.join(map(str, DEMO_WARMUPS))} "
           f"({time.perf_counter() - t0:.0f} s so far)")
     started = ray_train.connect(address)
     try:
-        grid = ray_train.tune_grid(str(out / "store"), get_preset("robust_v3"),
-                                   [{"warmup": w} for w in DEMO_WARMUPS], list(seeds),
-                                   str(out / "run"), pack_size=demo_pack_size(seeds))
+        grid = ray_train.tune_grid(store, config, settings, list(seeds), run,
+                                   pack_size=demo_pack_size(seeds))
     finally:
         if started:
             ray.shutdown()
     print("\ntrials (each seed's fold-averaged members, mean over seeds)")
     print(trial_table([(r.config["setting"], r.metrics) for r in grid]))
-    print(f"\n[4/4] ensemble of every member (uniform mean of logits) "
-          f"({time.perf_counter() - t0:.0f} s so far)")
-    text, written = score_runs([str(out / "run")], strategy="mean")
-    print(text)
-    print(f"\nscores, predictions and MER2023 submission files in {written}")
+    print(f"\n[4/4] ensembles of every member ({time.perf_counter() - t0:.0f} s so far)")
+    _, written = score_runs([run], strategy="mean")
+    print(ensemble_summary(run))
+    print(f"\nscores, predictions and MER2023 submission files (uniform mean) in {written}")
     print(f"demo finished in {time.perf_counter() - t0:.0f} s; next: "
-          f"mer-ray report {out / 'run'}")
+          f"mer-ray report {run}")
+
+
+def ensemble_summary(run: str) -> str:
+    """The demo's ending, told truthfully: the uniform mean and the greedy (out-of-fold
+    selected) ensemble beside the best single group, the ensemble-size curve's peak, and
+    what this scale can and cannot show. Nothing is picked by a test score."""
+    from ensembles.groups import cv_score
+    from ensembles.load import load_members
+    from ensembles.report import size_curve
+    from ensembles.score import evaluate
+
+    members = load_members([run])
+    mean, greedy = evaluate(members, "mean"), evaluate(members, "greedy")
+    rows = mean.dataset.scored_splits
+    head = f"{'':<44}{'cv F1':>9}{'cv comb.':>10}" + "".join(f"{s + ' F1':>10}" for s in rows)
+
+    def line(label, scores):
+        combined = scores["cv"].get("combined")
+        return (f"{label:<44}{scores['cv']['f1']:>9.4f}"
+                + (f"{combined:>10.4f}" if combined is not None else f"{'':>10}")
+                + "".join(f"{scores[s]['f1']:>10.4f}" for s in rows))
+
+    best = mean.groups[mean.best]
+    chosen = sum(w > 0 for w in greedy.ensemble.weights)
+    ks, curve = size_curve(mean)
+    peak = {row: ks[int(max(range(len(ys)), key=lambda i: (ys[i], -i)))]
+            for row, ys in curve.items()}
+    g = len(mean.groups)
+    beat = cv_score(mean.scores) > cv_score(mean.group_scores[mean.best])
+    n_test = len(mean.ensemble.predictions[rows[0]].names) if rows else 0
+    told = (f"What this shows: with {len(mean.ensemble.predictions['oof'].names)} train samples"
+            + (f" and test splits of about {n_test} samples (one sample moves F1 by about "
+               f"{100 / max(n_test, 1):.1f} points)" if rows else "")
+            + f", and groups trained on the same synthetic task differing little, the uniform "
+            f"mean {'beats' if beat else 'does not beat'} the best single group on cv here. At "
+            "full scale (docs/ensembles.md: 45 members, 3,373 train samples) the uniform mean "
+            "measured above the best single group on cv and test2, and greedy at least as "
+            "good as the mean on cv.")
+    out = [head, "-" * len(head),
+           line(f"uniform mean of logits, {g} groups", mean.scores),
+           line(f"greedy, oof-selected ({chosen} of {g} groups)", greedy.scores),
+           line("best single group (by cv)", mean.group_scores[mean.best]),
+           f"  (the best single group is {best.label})", "",
+           textwrap.fill(f"Ensemble size (uniform mean of the k best groups by cv, k = 1..{g}): "
+                         f"cv F1 peaks at k = {peak['cv']}"
+                         + "".join(f", {r} F1 at k = {peak[r]}" for r in rows)
+                         + " (shown, not used: the tool chooses on cv only).", 92),
+           textwrap.fill(told, 92)]
+    return "\n".join(out)
