@@ -181,8 +181,9 @@ def group_labels(keys: list[tuple[dict, int]]) -> list[str]:
     return labels
 
 
-def make_groups(members: list[MemberResult]) -> list[Group]:
-    """Group members by (config, seed), in a stable order (preset, warmup, config, seed)."""
+def group_members(members: list[MemberResult]) -> list[tuple[str, list[MemberResult]]]:
+    """(label, members) of each (config, seed) group, in a stable order (preset, warmup,
+    config, seed); no prediction is touched."""
     by_key: dict[tuple[str, int], list[MemberResult]] = {}
     for m in members:
         by_key.setdefault((config_key(m.config), int(m.seed)), []).append(m)
@@ -193,8 +194,13 @@ def make_groups(members: list[MemberResult]) -> list[Group]:
 
     keys = sorted(by_key, key=order)
     labels = group_labels([(by_key[k][0].config, k[1]) for k in keys])
-    return [build_group(by_key[k][0].config, k[1], by_key[k], label)
-            for k, label in zip(keys, labels)]
+    return [(label, by_key[k]) for k, label in zip(keys, labels)]
+
+
+def make_groups(members: list[MemberResult]) -> list[Group]:
+    """Group members by (config, seed) (group_members) and fold-average each."""
+    return [build_group(ms[0].config, int(ms[0].seed), ms, label)
+            for label, ms in group_members(members)]
 
 
 def score_group(group: Group) -> dict:

@@ -84,8 +84,9 @@ class Predictor:
              device: str = "cpu") -> "Predictor":
         """The members of `runs` that `where` keeps, weighted like `ensemble score
         --strategy`."""
+        from ensembles.groups import group_members, make_groups
         from ensembles.load import load_members
-        from ensembles.score import evaluate
+        from ensembles.strategies import STRATEGIES, combine
         from mer_ray.model import ModelShape
         from mer_ray.reference import from_state_dict
         from mer_ray.weights import read_weights
@@ -98,8 +99,15 @@ class Predictor:
                 f"{lacking[0].path}: no weights file beside it ({len(lacking)} of "
                 f"{len(members)} member(s) lack one): this run predates kept weights (or they "
                 "were deleted), so it cannot predict; retrain it with `mer-ray train` / `tune`")
-        ev = evaluate(members, strategy)
-        weights = {g.label: float(w) for g, w in zip(ev.groups, ev.ensemble.weights)}
+        if strategy not in STRATEGIES:
+            raise InputError(f"--strategy {strategy!r}: choose one of {', '.join(STRATEGIES)}")
+        if strategy in ("weighted", "greedy"):  # fitted on the stored oof predictions
+            groups = make_groups(members)
+            fitted = combine(groups, strategy).weights
+            weights = {g.label: float(w) for g, w in zip(groups, fitted)}
+        else:  # uniform: no prediction needs reading to know them
+            labels = [label for label, _ in group_members(members)]
+            weights = {label: 1.0 / len(labels) for label in labels}
         loaded = []
         for m in members:
             state, _ = read_weights(weights_path(m.path), m.weights_sha256)
@@ -231,8 +239,8 @@ class Predictor:
     def _predict(self, names, arrays, present, progress) -> Prediction:
         from tqdm import tqdm
 
-        from ensembles.groups import make_groups
-        from ensembles.strategies import mix, softmax
+        from ensembles.groups import group_members
+        from ensembles.strategies import _mix_logits, _mix_valence, softmax
 
         t0 = time.perf_counter()
         member_out = {}
@@ -242,20 +250,19 @@ class Predictor:
             for item, (lg, va) in zip(pack, self._run_pack(pack, arrays, present)):
                 member_out[item.member.member_id] = (lg, va)
         seconds_model = time.perf_counter() - t0
-        n = len(names)
-        for m in self.members:
-            lg, va = member_out[m.member_id]
-            m.predictions[PREDICT_SPLIT] = SplitPredictions(
-                names=names, logits=lg, valence=va, label=np.full(n, -1),
-                valence_label=np.full(n, np.nan, np.float32))
-        try:
-            groups = make_groups(self.members)
-        finally:
-            for m in self.members:
-                m.predictions.pop(PREDICT_SPLIT, None)
-        weights = [self.group_weights[g.label] for g in groups]
+        # the ensemble: fold members of each group averaged, then the groups weighted
+        group_logits, group_valence, weights = [], [], []
+        for label, members in group_members(self.members):
+            outs = [member_out[m.member_id] for m in members]
+            group_logits.append(np.mean([lg for lg, _ in outs], axis=0))
+            if outs[0][1] is not None:
+                group_valence.append(np.mean([va for _, va in outs], axis=0))
+            weights.append(self.group_weights[label])
         kind = "prob" if self.strategy == "prob" else "logits"
-        combined = mix([g.predictions[PREDICT_SPLIT] for g in groups], weights, kind)
+        combined = SplitPredictions(
+            names=np.asarray(names), logits=_mix_logits(group_logits, weights, kind),
+            valence=_mix_valence(group_valence, weights) if group_valence else None,
+            label=np.full(len(names), -1), valence_label=np.full(len(names), np.nan))
         zeroed = {f"{mod} ({feat})": int((~p).sum()) for (mod, feat), p in present.items()
                   if (~p).any()}
         probs = softmax(combined.logits)

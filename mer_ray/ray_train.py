@@ -17,13 +17,12 @@ from __future__ import annotations
 import math
 import os
 import sys
-import time
 import dataclasses
 from dataclasses import dataclass
 
 from mer_ray.errors import InputError
-from mer_ray.run import (absolute, missing, pending_specs, record_run, train_members,
-                         trial_summary)
+from mer_ray.run import (absolute, missing, pending_specs, read_config_members, record_run,
+                         train_members)
 
 DASHBOARD_HOST = "127.0.0.1"
 DASHBOARD_PORT = 8265
@@ -31,12 +30,29 @@ DASHBOARD_PORT = 8265
 # empty request, so it holds 1 MiB of Ray's memory resource instead).
 TRIAL_RESOURCES = {"CPU": 0, "memory": 2**20}
 PREEMPTION_WATCHER_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
+# Ray 2.60's Train API (/api/train/v2/runs/v1) lists runs only where Train tracks them.
+STATE_TRACKING_ENV = "RAY_TRAIN_ENABLE_STATE_TRACKING"
+DEFAULT_TOKEN_FILE = "~/.ray/auth_token"
+# Ray folds lines of different processes that differ only in words with digits into one
+# "[repeated 2x across cluster]" line, and every member's progress line is such a line.
+# The embedded Ray folds nothing (allow: every line) except Ray's own noise, which it
+# drops (skip; it stays in Ray's log files): the raylet's warning about many worker
+# processes started at once (trials hold no CPU on purpose) and the two-line deprecation
+# warning that Train's state tracking prints in every run. Ray tries the allow pattern
+# before the skip pattern. A job gets RAY_DEDUP_LOGS=0 from cluster/runtime_env.yaml
+# instead: there these lines are the cluster's to show.
+_RAY_NOISE = "|".join((r"WARNING: \d+ PYTHON worker processes have been started",
+                       r"\S*execution_options\.py:\d+: RayDeprecationWarning",
+                       r"\s+self\.exclude_resources = exclude_resources$"))
+CONSOLE_ENV = {"RAY_DEDUP_LOGS_ALLOW_REGEX": rf"^(?!{_RAY_NOISE})",
+               "RAY_DEDUP_LOGS_SKIP_REGEX": rf"^(?:{_RAY_NOISE})"}
 
 
 def connect(address: str | None = None, log=print, num_cpus: int | None = None,
             log_to_driver: bool = True) -> bool:
     """Join the cluster at `address` / RAY_ADDRESS, or start an embedded local Ray with
-    the dashboard on 127.0.0.1:8265 (token authentication stays as Ray sets it).
+    the dashboard on 127.0.0.1:8265 (or a free port). Token authentication stays as Ray
+    sets it, so the dashboard's URL is printed with where its login token is.
     Returns True where this call connected (the caller shuts down), False if already."""
     import ray
 
@@ -54,15 +70,53 @@ def connect(address: str | None = None, log=print, num_cpus: int | None = None,
         # on 2 cores each such process delays the first epoch. Set before ray.init so the
         # raylet (and every actor it starts) inherits it; a user's own setting wins.
         os.environ.setdefault(PREEMPTION_WATCHER_ENV, "0")
+        os.environ.setdefault(STATE_TRACKING_ENV, "1")
+        _console_filters()
         port = _free_port(DASHBOARD_PORT)
         if port != DASHBOARD_PORT:
             log(f"port {DASHBOARD_PORT} is in use; the dashboard takes port {port}")
+        # Train's own actors ask Ray's state API whether their controller lives; given no
+        # address they look for "the" Ray on this machine and can reach another one (a
+        # `ray start` head, a second embedded Ray). Point them at this one's dashboard.
+        os.environ["RAY_API_SERVER_ADDRESS"] = f"http://{DASHBOARD_HOST}:{port}"
+        token_file = os.path.expanduser(DEFAULT_TOKEN_FILE)
+        had_token = os.path.exists(token_file)
         ctx = ray.init(address="local", include_dashboard=True, dashboard_host=DASHBOARD_HOST,
                        dashboard_port=port, num_cpus=num_cpus, log_to_driver=log_to_driver)
+        if not had_token and os.path.exists(token_file):
+            os.chmod(token_file, 0o600)  # Ray wrote it with the umask: readable by all
         log("started an embedded local Ray instance")
     if ctx.dashboard_url:
         log(f"Ray dashboard: http://{ctx.dashboard_url}")
+        if os.environ.get("RAY_AUTH_MODE", "").lower() == "token":
+            log(f"  it asks for the token {_token_source()} "
+                "(`ray get-auth-token` prints it)")
     return True
+
+
+def _token_source() -> str:
+    """Where Ray reads the token, first match wins: RAY_AUTH_TOKEN, the file that
+    RAY_AUTH_TOKEN_PATH names, ~/.ray/auth_token (a local ray.init() writes one there
+    if none is found)."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return "in $RAY_AUTH_TOKEN"
+    return "in " + os.path.expanduser(os.environ.get("RAY_AUTH_TOKEN_PATH")
+                                      or DEFAULT_TOKEN_FILE)
+
+
+def _console_filters() -> None:
+    """Set CONSOLE_ENV (a user's own setting wins). Ray reads these when a process
+    imports it, so the line filters this process already made are given them too."""
+    import re
+
+    from ray._private import ray_logging
+
+    for name, value in CONSOLE_ENV.items():
+        os.environ.setdefault(name, value)
+    allow, skip = (os.environ[name] or None for name in CONSOLE_ENV)
+    for dedup in (ray_logging.stdout_deduplicator, ray_logging.stderr_deduplicator):
+        dedup.allow_re = allow and re.compile(allow)
+        dedup.skip_re = skip and re.compile(skip)
 
 
 def _free_port(preferred: int) -> int:
@@ -88,35 +142,53 @@ class Plan:
     resources: dict  # per Train worker, e.g. {"CPU": 1} or {"CPU": 0.6666}
 
 
+def _fits(have: float, per: float) -> int:
+    """How many requests of `per` fit in `have`. Float floor division undercounts:
+    1 // 0.2 == 4.0 and 8 // 0.16 == 49.0, since 0.2 and 0.16 are stored a little
+    above their decimal value; Ray itself counts in units of 1e-4."""
+    return int(math.floor(have / per + 1e-9))
+
+
+def _share(have: float, requests: int, most: float) -> float:
+    """`have` split between `requests`, at most `most` each, in Ray's 1e-4 units."""
+    return min(most, math.floor(have / requests * 1e4) / 1e4)
+
+
 def plan_workers(workers: int | None, gpus_per_worker: float, n_trials: int = 1,
                  available: dict | None = None) -> Plan:
     """Fit `n_trials` runs of `workers` Train workers onto the cluster's resources.
 
-    --workers given: each worker takes one CPU (or `gpus_per_worker` GPUs); as many trials
-    run at once as fit. Default: the slots are shared out between the trials and every
-    trial runs at once; where there are fewer slots than trials, each trial's single
-    worker takes an equal fraction of them (3 trials on 2 CPUs: 0.6666 CPU each), so no
-    core idles while the last trial of an odd grid runs alone."""
+    A worker takes one CPU, or `gpus_per_worker` GPUs and one CPU to drive them, so
+    GPU workers are bounded by GPUs and by CPUs alike (0.1 GPU each on 8 GPUs and 16
+    CPUs is 16 workers, not 80 that wait for CPUs forever).
+    --workers given: as many trials run at once as fit. Default: the worker slots are
+    shared out between the trials and every trial runs at once; where there are fewer
+    slots than trials, each trial's single worker takes an equal fraction of what there
+    is (3 trials on 2 CPUs: 0.6666 CPU each; on 1 GPU with 0.5 each: 0.3333 GPU each),
+    so no core or GPU idles while the last trial of an odd grid runs alone."""
     if available is None:
         import ray
 
         available = ray.cluster_resources()
-    unit, per = ("GPU", float(gpus_per_worker)) if gpus_per_worker > 0 else ("CPU", 1.0)
-    have = available.get(unit, 0.0)
-    what = f"{per:g} {unit}"
-    if have <= 0:
-        raise InputError(f"the Ray cluster has no {unit} for a Train worker ({what} each); "
-                         "add resources or lower --gpus-per-worker")
-    extra = {"CPU": 1.0} if unit == "GPU" else {}
+    gpu = gpus_per_worker > 0
+    need = {"GPU": float(gpus_per_worker), "CPU": 1.0} if gpu else {"CPU": 1.0}
+    have = {unit: float(available.get(unit, 0.0)) for unit in need}
+    what = " + ".join(f"{v:g} {u}" for u, v in need.items())
+    for unit in need:
+        if have[unit] <= 0:
+            raise InputError(f"the Ray cluster has no {unit} for a Train worker ({what} "
+                             "each); add resources or lower --gpus-per-worker")
+    slots = min(_fits(have[u], v) for u, v in need.items())  # whole workers that fit
     if workers:
-        per_trial = workers * per
-        if per_trial > have:
-            raise InputError(f"--workers {workers} needs {workers} x {what}, but the cluster "
-                             f"has {have:g} {unit}; lower --workers")
-        return Plan(workers, max(1, min(n_trials, int(have // per_trial))), {unit: per, **extra})
-    workers = max(1, int(have // per) // n_trials)
-    share = min(per, math.floor(have / (n_trials * workers) * 1e4) / 1e4)
-    return Plan(workers, n_trials, {unit: share, **extra})
+        if slots < workers:
+            short = ", ".join(f"{have[u]:g} {u}" for u in need)
+            raise InputError(f"--workers {workers} needs {workers} x ({what}), but the "
+                             f"cluster has {short}; lower --workers"
+                             + (" or --gpus-per-worker" if gpu else ""))
+        return Plan(workers, max(1, min(n_trials, slots // workers)), need)
+    workers = max(1, slots // n_trials)
+    return Plan(workers, n_trials, {u: _share(have[u], n_trials * workers, v)
+                                    for u, v in need.items()})
 
 
 def _worker_loop(cfg: dict) -> None:
@@ -155,7 +227,7 @@ def train_with_ray(store_path: str, config, seeds, run: str, plan: Plan,
                    pack_size: int = 10, max_failures: int = 2, log=print) -> int:
     """One recipe through a TorchTrainer. Returns the number of members it trained."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    from ray.train.torch import TorchConfig, TorchTrainer
 
     specs, todo = missing(run, config, seeds, log)
     if not todo:
@@ -167,13 +239,18 @@ def train_with_ray(store_path: str, config, seeds, run: str, plan: Plan,
         train_loop_config={"config": config.to_dict(), "specs": specs, "run": str(run),
                            "store": str(store_path), "pack_size": pack_size,
                            "use_gpu": use_gpu},
+        # gloo, never NCCL (Train's default for GPU workers): the workers never use the
+        # process group, and NCCL does not support two ranks on one GPU ("Duplicate GPU
+        # detected"), which is what a fractional --gpus-per-worker makes.
+        torch_config=TorchConfig(backend="gloo"),
         # SPREAD: a run survives losing one node with the fewest members lost, and CPU
         # workers do not crowd one node.
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
                                      resources_per_worker=plan.resources,
                                      placement_strategy="SPREAD"),
         run_config=RunConfig(
-            name=f"train-{config.preset}-w{config.warmup}-{time.strftime('%Y%m%d-%H%M%S')}",
+            # Named after the setting, never a timestamp: a restart finds the run again.
+            name="train-" + _path_name(setting_label(config)),
             storage_path=_storage(run),
             failure_config=FailureConfig(max_failures=max_failures),
         ),
@@ -182,9 +259,42 @@ def train_with_ray(store_path: str, config, seeds, run: str, plan: Plan,
     return len(todo)
 
 
+def setting_label(config) -> str:
+    """`robust_v3 warmup=40`: the preset, the warmup and each other field that differs
+    from the preset. It names a Tune trial and its Train run the same on every start."""
+    from mer_ray.presets import TrainConfig, get_preset
+
+    try:
+        preset = get_preset(config.preset).to_dict()
+    except InputError:  # a custom preset name: compare with the base defaults
+        preset = TrainConfig().to_dict()
+    fields = {"warmup": config.warmup}
+    fields.update((k, v) for k, v in config.to_dict().items()
+                  if k not in ("preset", "warmup") and v != preset.get(k))
+    return " ".join([config.preset] + [f"{k}={_text(v)}" for k, v in fields.items()])
+
+
+def _text(value) -> str:
+    return "none" if value is None else str(value)
+
+
+def _path_name(label: str) -> str:
+    """A label as one safe path component, short enough for Tune's nested paths."""
+    import hashlib
+    import re
+
+    name = re.sub(r"[^A-Za-z0-9_.=,+-]+", "-", label).strip("-")
+    if len(name) > 100:
+        name = f"{name[:88]}-{hashlib.sha1(label.encode()).hexdigest()[:10]}"
+    return name
+
+
 def _storage(run: str) -> str:
-    """Ray Train / Tune bookkeeping beside the members (Ray needs an absolute path)."""
-    return f"{absolute(run).rstrip('/')}/ray"
+    """Ray Train / Tune bookkeeping beside the members (Ray needs an absolute path; a
+    URI keeps its scheme and query)."""
+    from mer_ray.storage import join
+
+    return join(absolute(run), "ray")
 
 
 def _trial(cfg: dict) -> None:
@@ -196,7 +306,51 @@ def _trial(cfg: dict) -> None:
     config = TrainConfig(**cfg["config"]).replace(**cfg["setting"])
     train_with_ray(cfg["store"], config, cfg["seeds"], cfg["run"], Plan(**cfg["plan"]),
                    cfg["pack_size"])
-    ray.tune.report(trial_summary(cfg["run"], config, cfg["seeds"]))
+    from ensembles.groups import trial_summary
+
+    ray.tune.report(trial_summary(read_config_members(cfg["run"], config, cfg["seeds"])))
+
+
+def _trial_config(trial):
+    from mer_ray.presets import TrainConfig
+
+    return TrainConfig(**trial.config["config"]).replace(**trial.config["setting"])
+
+
+def _trial_name(trial) -> str:
+    return setting_label(_trial_config(trial))
+
+
+def _trial_dirname(trial) -> str:
+    return _path_name(setting_label(_trial_config(trial)))
+
+
+def _named_trial():
+    """`_trial` as the trainable Tune would make of it, except that its actors show their
+    trial's name (`robust_v3 warmup=40`) in the dashboard's Repr column and in front of
+    their log lines, where every trial would show `ImplicitFunc` / `_trial`."""
+    from ray import tune
+    from ray.tune.trainable import wrap_function
+
+    class TuneTrial(wrap_function(tune.with_resources(_trial, TRIAL_RESOURCES))):
+        def __repr__(self):
+            return self.trial_name
+
+    TuneTrial.__qualname__ = "TuneTrial"  # the dashboard's Class column
+    return TuneTrial
+
+
+def _grid_name(config, settings: list[dict]) -> str:
+    """`tune-robust_v3-warmup=30,40,50`: stable per grid, so the same command with the
+    same --out finds its Tune folder again (Tune adds a new experiment state there and
+    rewrites each trial's folder; the members themselves decide what is left to train)."""
+    values: dict[str, list[str]] = {}
+    for setting in settings:
+        for field, value in setting.items():
+            if _text(value) not in values.setdefault(field, []):
+                values[field].append(_text(value))
+    words = [config.preset] + [f"{k}={','.join(v)}" for k, v in values.items()]
+    return "tune-" + _path_name(" ".join(words))
 
 
 def tune_grid(store_path: str, config, settings: list[dict], seeds, run: str,
@@ -210,16 +364,17 @@ def tune_grid(store_path: str, config, settings: list[dict], seeds, run: str,
     log(f"{len(settings)} trial(s), {plan.workers} Train worker(s) each with {plan.resources}, "
         f"{plan.concurrency} at once (FIFO)")
     record_run(run, store_path, [config.replace(**s) for s in settings])
-    trainable = tune.with_resources(_trial, TRIAL_RESOURCES)
     tuner = tune.Tuner(
-        trainable,
+        _named_trial(),
         param_space={"setting": tune.grid_search(settings), "config": config.to_dict(),
                      "seeds": [int(s) for s in seeds], "run": str(run),
                      "store": str(store_path), "plan": dataclasses.asdict(plan),
                      "pack_size": pack_size},
-        tune_config=tune.TuneConfig(max_concurrent_trials=plan.concurrency),
+        tune_config=tune.TuneConfig(max_concurrent_trials=plan.concurrency,
+                                    trial_name_creator=_trial_name,
+                                    trial_dirname_creator=_trial_dirname),
         run_config=tune.RunConfig(
-            name=f"tune-{config.preset}-{time.strftime('%Y%m%d-%H%M%S')}",
+            name=_grid_name(config, settings),
             storage_path=_storage(run),
             failure_config=tune.FailureConfig(max_failures=1),
             verbose=0,

@@ -201,6 +201,15 @@ def test_runtime_env_pip_is_pyproject_minus_ray(runtime_env):
     assert f"torch=={_torch_pin()}" in packages
 
 
+def test_job_env_fills_the_train_api_and_folds_no_lines(runtime_env, kuberay):
+    """A job's driver prints every progress line (Ray would fold lines that differ only in
+    numbers) and its Train runs are tracked; the KubeRay RayJob runs with the same env."""
+    assert {"RAY_DEDUP_LOGS": "0", "RAY_TRAIN_ENABLE_STATE_TRACKING": "1"}.items() \
+        <= runtime_env["env_vars"].items()
+    job = yaml.safe_load(kuberay["RayJob"]["spec"]["runtimeEnvYAML"])
+    assert job["env_vars"] == runtime_env["env_vars"]
+
+
 def test_runtime_env_excludes_keep_data_out_and_code_in(runtime_env, tmp_path):
     """Ray's own packager, on a tree shaped like a user's checkout."""
     from ray._private.runtime_env.packaging import create_package

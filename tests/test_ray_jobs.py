@@ -1,9 +1,10 @@
 """A real Ray head on 127.0.0.1 (token auth on), `ray job submit` of a small tune through
-the CLI, the job followed to SUCCEEDED through the dashboard's job API, `ray stop`."""
+the CLI, the job followed to SUCCEEDED through the dashboard's job API, the head stopped."""
 
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import ray
 
 from mer_ray.members import existing_member_ids
 from raytools import set_args, tiny_store
@@ -30,24 +32,43 @@ def free_port():
 
 @pytest.fixture()
 def head(tmp_path):
-    """`ray start --head` with its own token (never the user's ~/.ray), stopped after."""
+    """`ray start --head --block` with its own token (never the user's ~/.ray). SIGTERM to
+    that process drains this head and stops its processes alone: `ray stop` would end
+    every Ray on the machine, other sessions' and tests' included."""
     token = uuid.uuid4().hex
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
     env.pop("RAY_ADDRESS", None)
     port, dash = free_port(), free_port()
     temp = Path(tempfile.mkdtemp(prefix="mr-", dir="/tmp"))  # socket paths must be short
-    start = subprocess.run(
-        [str(BIN / "ray"), "start", "--head", "--port", str(port), "--dashboard-host",
-         "127.0.0.1", "--dashboard-port", str(dash), "--num-cpus", "2",
-         "--temp-dir", str(temp), "--disable-usage-stats"],
-        env=env, capture_output=True, text=True, timeout=180)
-    assert start.returncode == 0, start.stdout + start.stderr
+    log = tmp_path / "head.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [str(BIN / "ray"), "start", "--head", "--block", "--port", str(port),
+             "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--num-cpus", "2",
+             "--temp-dir", str(temp), "--disable-usage-stats"],
+            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    head = {"env": env, "token": token, "url": f"http://127.0.0.1:{dash}"}
     try:
-        yield {"env": env, "token": token, "url": f"http://127.0.0.1:{dash}"}
+        deadline = time.time() + 180
+        while not answers(head):
+            assert proc.poll() is None and time.time() < deadline, log.read_text()
+            time.sleep(1)
+        yield head
     finally:
-        subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True,
-                       timeout=120)
+        proc.terminate()
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # its own process group only
+            proc.wait()
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def answers(head) -> bool:
+    try:
+        return job_api(head, "/api/version")["ray_version"] == ray.__version__
+    except OSError:  # not listening yet (URLError is an OSError)
+        return False
 
 
 def job_api(head, path):
@@ -83,3 +104,7 @@ def test_job_submit_tune_succeeds(head, tmp_path):
     assert status == "SUCCEEDED", logs[-3000:]
     assert len(existing_member_ids(run)) == 10  # 2 warmups x 5 folds
     assert "joined the Ray cluster" in logs and "warmup=1" in logs
+    # runtime_env.yaml: every line as printed, and the Train runs tracked by name
+    assert "across cluster" not in logs
+    runs = job_api(head, "/api/train/v2/runs/v1")["train_runs"]
+    assert sorted(r["name"].split("-")[2] for r in runs) == ["warmup=0", "warmup=1"], runs

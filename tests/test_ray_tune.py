@@ -1,18 +1,25 @@
 """Ray Train + Tune on a real local Ray instance (2 CPUs, no GPU), no mocks."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import ray
 
 from mer_ray.members import existing_member_ids, member_id
-from mer_ray.ray_train import PREEMPTION_WATCHER_ENV, plan_workers, train_with_ray, tune_grid
+from mer_ray.presets import get_preset
+from mer_ray.ray_train import (PREEMPTION_WATCHER_ENV, STATE_TRACKING_ENV, plan_workers,
+                               setting_label, train_with_ray, tune_grid)
 from mer_ray.run import all_specs
 from raytools import fast_config, tiny_store
 
 
 @pytest.fixture(scope="module")
 def cluster():
-    ray.init(num_cpus=2, include_dashboard=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False)  # never a running Ray
     yield
     ray.shutdown()
 
@@ -41,6 +48,20 @@ def test_three_trial_tune_on_two_cpus_finishes(cluster, store, tmp_path):
         assert r.error is None
         assert r.metrics["members"] == 5 and r.metrics["seeds"] == 1
         assert 0 <= r.metrics["test2_f1"] <= 1 and "cv_combined" in r.metrics
+    # Named after their settings, never a timestamp: the same command finds them again.
+    ray_dir = Path(run) / "ray"
+    assert (ray_dir / "tune-robust_v3-warmup=0,1,2").is_dir()
+    for r in grid:
+        trial = Path(r.path).name
+        assert trial.startswith(f"robust_v3-warmup={r.config['setting']['warmup']}-"), trial
+        assert (ray_dir / f"train-{trial}").is_dir()  # its TorchTrainer run
+
+
+def test_setting_label_names_the_setting():
+    v3 = get_preset("robust_v3")
+    assert setting_label(v3.replace(warmup=40)) == "robust_v3 warmup=40"
+    assert (setting_label(v3.replace(dropout=0.4, early_stop_patience=None))
+            == "robust_v3 warmup=30 dropout=0.4 early_stop_patience=none")
 
 
 def test_train_splits_members_between_workers_and_resumes(cluster, store, tmp_path):
@@ -55,7 +76,7 @@ def test_train_splits_members_between_workers_and_resumes(cluster, store, tmp_pa
     from mer_ray.members import list_member_files, read_member
     from mer_ray.trainer import train_pack
 
-    here = train_pack(read_store(store), config, [(3, 1)], log=lambda *a: None)[0]
+    here = train_pack(read_store(store), config, [(3, 1)])[0]
     there = read_member(next(p for p in list_member_files(run) if here.member_id in p))
     for split in ("oof", "test2"):
         np.testing.assert_allclose(there.predictions[split].logits,
@@ -88,3 +109,47 @@ def test_embedded_ray_runs_without_train_preemption_watchers():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                          text=True, timeout=180)
     assert "seen 1" in out.stdout, out.stderr
+
+
+def test_embedded_ray_console_shows_every_line_and_where_the_token_is(tmp_path):
+    """Lines of different workers that differ only in their numbers all reach the console
+    (Ray would fold them into one "[repeated 3x across cluster]"), the raylet's warning
+    about many workers started at once does not (it stays in Ray's log); the login hint
+    names the token file Ray wrote (made private); Train state tracking and this Ray's
+    own state API reach the workers."""
+    code = ("import os, time, ray\n"
+            "from ray.util.state import list_actors\n"
+            "from mer_ray.ray_train import connect, STATE_TRACKING_ENV as E\n"
+            "connect(num_cpus=1)\n"
+            "@ray.remote(num_cpus=0)\n"
+            "class Worker:\n"
+            "    def epoch(self, i):\n"
+            "        print(f'[robust_v3 w{i} worker 0] epoch {i}: val combined -0.{i}')\n"
+            "        mine = list_actors(filters=[('class_name', '=', 'Worker')])\n"
+            "        return os.environ.get(E), len(mine)\n"
+            "workers = [Worker.remote() for _ in range(4)]\n"
+            "print('seen', set(ray.get([w.epoch.remote(i) for i, w in enumerate(workers)])))\n"
+            # what the driver prints of a batch of raylet lines (on 2 cores the warning
+            # needs a dozen idle workers to appear for real)
+            "from ray._private.ray_logging import stdout_deduplicator as lines\n"
+            "warning = 'WARNING: 12 PYTHON worker processes have been started on node: n1'\n"
+            "print('kept', lines.deduplicate({'ip': 'x', 'pid': 'raylet',\n"
+            "                                 'lines': [warning, 'node n1 is fine']}))\n"
+            "time.sleep(6)  # the workers' lines reach the driver's console\n"
+            "ray.shutdown()\n")
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("RAY_ADDRESS", "RAY_AUTH", "RAY_DEDUP", "RAY_API_SERVER",
+                                STATE_TRACKING_ENV))}
+    env["HOME"] = str(tmp_path)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, timeout=240)
+    console = out.stdout + out.stderr
+    assert out.returncode == 0, console
+    assert "seen {('1', 4)}" in console
+    for i in range(4):
+        assert f"epoch {i}: val combined -0.{i}" in console, console
+    assert "across cluster" not in console
+    assert "kept [{'ip': 'x', 'pid': 'raylet', 'lines': ['node n1 is fine']}]" in console
+    assert f"asks for the token in {tmp_path / '.ray' / 'auth_token'}" in console
+    token = tmp_path / ".ray" / "auth_token"
+    assert token.read_text().strip() and token.stat().st_mode & 0o077 == 0  # yours only
