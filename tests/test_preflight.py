@@ -204,3 +204,13 @@ def test_resume_into_a_run_of_another_store_is_refused(good_store, tmp_path, cap
     other = synthesize_store(tmp_path / "other", seed=1, scale=0.05)
     capsys.readouterr()
     refused(capsys, train(other, out), "another store")
+
+
+def test_through_ray_a_bad_store_is_the_drivers_exit_2_before_ray_starts(store, tmp_path,
+                                                                        capsys):
+    import ray
+
+    edit_manifest(store, lambda m: m["modalities"]["audio"][0].update(dim=512))
+    rc = main(["tune", "--store", str(store), "--out", str(tmp_path / "run"), *FAST])
+    refused(capsys, rc, "values per sample", out=tmp_path / "run")
+    assert not ray.is_initialized()  # refused on the driver: no Ray, no worker traceback
