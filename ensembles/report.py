@@ -269,7 +269,7 @@ def _masked_html(masked: dict) -> str:
 
 def _shift_html(shift: dict) -> str:
     keys = (("mean shift", "mean_shift"), ("spread ratio", "spread_ratio"),
-            ("domain AUC", "domain_auc"))
+            ("domain AUC", "domain_auc"), ("off-manifold", "off_manifold"))
     splits = list(dict.fromkeys(s for per in shift.values() for s in per))
     head = "".join(f"<th>{s} {name}</th>" for s in splits for name, _ in keys)
     rows = []
@@ -315,7 +315,10 @@ def report_html(run: str, ev: Evaluation, pngs: dict[str, bytes], masked: dict,
                   "trace Cov_train) (1 = same spread); domain AUC = cross-validated ROC AUC of "
                   "a logistic regression telling test from train on the "
                   f"{robustness.PCA_DIM} leading principal components and their squares "
-                  "(0.5 = no shift, 1 = fully separable).</p>", _shift_html(shift),
+                  "(0.5 = no shift, 1 = fully separable); off-manifold = the share of "
+                  "test variance outside train's leading principal axes beyond what unseen "
+                  "train rows show (0 = as on train's manifold as train itself).</p>",
+                  _shift_html(shift),
                   "<p>" + "<br>".join(html.escape(x) for x in
                                       robustness.suggestion_lines(shift)) + "</p>"]
     parts.append(_img("robustness", pngs["robustness.png"]))

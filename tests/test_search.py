@@ -80,3 +80,20 @@ def test_per_modality_dropout_and_noise_change_training(store):
         "text") == 0.4
     assert member_id(TrainConfig(modality_dropout_text=0.2).to_dict(), 0, 0) != \
         member_id(TrainConfig().to_dict(), 0, 0)
+
+
+def test_robustness_suggestion_comes_from_features_alone(tmp_path):
+    """The synthetic test2 degrades audio and video hard and text mildly (like MER-NOISE):
+    the suggestion, made without any test label, drops text least."""
+    from ensembles import robustness
+    from mer_ray.data.synth import synthesize_store
+
+    st = read_store(synthesize_store(tmp_path / "st", seed=0, scale=0.1))
+    st.emotion[st.split != "train"] = 0  # labels of the test splits play no part
+    shift = robustness.feature_shift(st)
+    setting, why = robustness.suggest_recipe(shift)
+    assert "test2" in why and "no test2 label used" in why
+    assert setting["modality_dropout_text"] < min(setting["modality_dropout_audio"],
+                                                  setting["modality_dropout_video"])
+    get_preset("robust_v3").replace(**setting)  # a valid recipe
+    assert "mer-ray tune" in "\n".join(robustness.suggestion_lines(shift))
