@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mer_ray.errors import InputError
-from mer_ray.storage import check_output_folder, file_type, is_uri, join, list_files, resolve
+from mer_ray.storage import check_output_folder, file_type, is_uri, resolve
 
 # What a run folder may hold besides run.json; anything else means --out is not a run.
 RUN_ENTRIES = {"run.json", "members", "ray", "ensemble", "report", "tensorboard", "predict"}
@@ -111,8 +111,6 @@ def check_recipe(store, config) -> list[str]:
     if config.warmup >= config.epochs and _robust(config):
         notes.append(f"{config.preset}: warmup {config.warmup} >= epochs {config.epochs}: "
                      "modality dropout and feature noise never start")
-    if config.contrastive_weight > 0 and len(store.modalities) < 1:
-        raise InputError("contrastive_weight > 0 needs at least one modality")
     return notes
 
 
@@ -175,6 +173,3 @@ def preflight(store_location: str, configs, seeds, out: str, pack_size: int = 10
         log(f"note: {n}")
     return Preflight(store, seeds, list(dict.fromkeys(notes)))
 
-
-__all__ = ["preflight", "replace_out", "check_seeds", "check_out", "check_recipe",
-           "check_memory", "Preflight", "join", "list_files"]

@@ -166,8 +166,6 @@ def test_a_diverging_member_is_saved_as_failed_and_the_pack_finishes(store, tmp_
                                                                     monkeypatch, capsys):
     """One member's loss turns NaN; it stops and is saved as failed, its pack-mates train
     on, and scoring leaves it out with a warning naming it."""
-    import torch
-
     import mer_ray.trainer as T
 
     real_forward = T.M.forward
@@ -195,4 +193,4 @@ def test_a_diverging_member_is_saved_as_failed_and_the_pack_finishes(store, tmp_
     assert main(["ensemble", "score", str(run)]) == 0
     text = capsys.readouterr().out
     assert f"{failed[0].path}: member failed in training" in text
-    assert "4 member(s)" in text and torch.isfinite(torch.tensor(0.0))
+    assert "4 member(s)" in text

@@ -6,7 +6,6 @@ score` writes, and every bad input is exit 2 with nothing written."""
 
 import csv
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
