@@ -90,7 +90,7 @@ class PackRandom:
         self.keys = torch.tensor(list(keys), dtype=torch.int32, device=self.device)
         self.batch, self.widths = batch, list(widths)
         self.n_words = (batch * sum(widths) + 1) // 2  # two 16-bit units per word
-        self.tables: dict[int, torch.Tensor] = {}
+        self.tables: dict = {}  # hashed index tables and constants, made once
         self.epoch_base = None
         self._buffers()
 
@@ -149,11 +149,17 @@ class PackRandom:
         k, n_mod = len(self.keys), len(probabilities)
         words = self._words(step, MODALITY, self.batch * (n_mod + 1))
         u = (words & _LOW16).to(torch.float32).div_(65536.0).view(k, self.batch, n_mod + 1)
-        p = torch.tensor(probabilities, dtype=torch.float32, device=self.device)
-        drop = u[..., :n_mod] < p
-        pick = (u[..., n_mod] * n_mod).long().clamp_(max=n_mod - 1)
-        rescue = drop.all(-1, keepdim=True) & torch.nn.functional.one_hot(pick, n_mod).bool()
+        drop = u[..., :n_mod] < self._on_device(tuple(probabilities))
+        pick = (u[..., n_mod : n_mod + 1] * n_mod).long().clamp_(max=n_mod - 1)  # [K, B, 1]
+        rescue = drop.all(-1, keepdim=True) & (self._on_device(tuple(range(n_mod))) == pick)
         return (~drop | rescue).to(torch.float32)
+
+    def _on_device(self, values: tuple) -> torch.Tensor:
+        """A small constant tensor, copied to the device once (a host-to-device copy
+        every step would make the host wait for the GPU)."""
+        if values not in self.tables:
+            self.tables[values] = torch.tensor(values, device=self.device)
+        return self.tables[values]
 
     def normal(self, step: int, stream_index: int, shape) -> torch.Tensor:
         """[K, *shape] standard normal draws (Box-Muller on two 16-bit uniforms; tails
