@@ -124,7 +124,7 @@ def test_trainer_flushes_denormals_on_every_thread():
     assert out.stdout.strip() == "0"
 
 
-def test_warmup_no_modality_dropout_before(small_store, monkeypatch):
+def test_warmup_no_modality_dropout_before(small_store, monkeypatch, device):
     import mer_ray.trainer as T
 
     seen = []
@@ -137,7 +137,7 @@ def test_warmup_no_modality_dropout_before(small_store, monkeypatch):
 
     monkeypatch.setattr(T.M, "forward", spy)
     cfg = small_config(epochs=2, warmup=1, modality_dropout=0.3)
-    train_pack(small_store, cfg, [(0, 0)])
+    train_pack(small_store, cfg, [(0, 0)], device=device)
     steps_per_epoch = len(seen) // 2
     assert all(m is None for m in seen[:steps_per_epoch])
     after = torch.cat([m[0] for m in seen[steps_per_epoch:]])
@@ -145,12 +145,12 @@ def test_warmup_no_modality_dropout_before(small_store, monkeypatch):
     assert (after == 0).any()
 
 
-def test_pack_equivalence_and_determinism(small_store):
+def test_pack_equivalence_and_determinism(small_store, device):
     cfg = small_config()
     specs = [(0, 0), (1, 0), (2, 3), (0, 1), (3, 2), (4, 0), (1, 1), (2, 2)]
-    pack = train_pack(small_store, cfg, specs)
-    alone = train_pack(small_store, cfg, [(2, 3)])[0]
-    again = train_pack(small_store, cfg, [(2, 3)])[0]
+    pack = train_pack(small_store, cfg, specs, device=device)
+    alone = train_pack(small_store, cfg, [(2, 3)], device=device)[0]
+    again = train_pack(small_store, cfg, [(2, 3)], device=device)[0]
     inpack = pack[2]
     assert inpack.member_id == alone.member_id == member_id(cfg.to_dict(), 2, 3)
     for s in PRED_SPLITS:
@@ -166,18 +166,18 @@ def test_pack_equivalence_and_determinism(small_store):
     assert pack[0].member_id != pack[3].member_id
 
 
-def test_early_stop_not_before_warmup_plus_patience(small_store):
+def test_early_stop_not_before_warmup_plus_patience(small_store, device):
     cfg = small_config(epochs=6, warmup=2, early_stop_patience=1, lr=0.0)
-    res = train_pack(small_store, cfg, [(0, 0), (1, 0)])
+    res = train_pack(small_store, cfg, [(0, 0), (1, 0)], device=device)
     # lr 0: nothing improves after epoch 0; may stop at epoch index 2 (3 epochs run)
     for r in res:
         assert r.epochs_run == 3 and r.best_epoch == 0
 
 
-def test_robust_v3_learns(tmp_path):
+def test_robust_v3_learns(tmp_path, device):
     store = make_store(tmp_path / "store", 0.1)
     cfg = RobustV3().replace(epochs=15, warmup=5)
-    r = train_pack(store, cfg, [(0, 0)])[0]
+    r = train_pack(store, cfg, [(0, 0)], device=device)[0]
     from mer_ray.metrics import score
 
     y = r.predictions["test1"].label
@@ -186,25 +186,25 @@ def test_robust_v3_learns(tmp_path):
     assert r.metrics["test1"]["f1"] > score(maj, y)["f1"] + 0.1
 
 
-def test_compaction_keeps_equivalence(small_store):
+def test_compaction_keeps_equivalence(small_store, device):
     """Members stopping early leave the pack; the others' results do not change."""
     cfg = small_config(epochs=10, warmup=0, early_stop_patience=1, lr=0.02, batch_size=8)
     specs = [(0, 0), (3, 2), (1, 0)]
-    pack = train_pack(small_store, cfg, specs)
+    pack = train_pack(small_store, cfg, specs, device=device)
     runs = [r.epochs_run for r in pack]
     assert len(set(runs)) > 1 and max(runs) < 10, runs  # some stopped earlier than others
     for i in (0, 1):
-        alone = train_pack(small_store, cfg, [specs[i]])[0]
+        alone = train_pack(small_store, cfg, [specs[i]], device=device)[0]
         assert alone.epochs_run == pack[i].epochs_run and alone.best_epoch == pack[i].best_epoch
         for s in PRED_SPLITS:
             np.testing.assert_allclose(pack[i].predictions[s].logits, alone.predictions[s].logits, atol=1e-4)
 
 
-def test_result_writes_and_reads_back(small_store, tmp_path):
+def test_result_writes_and_reads_back(small_store, tmp_path, device):
     from mer_ray.members import read_member, write_member
 
     cfg = small_config(epochs=1)
-    r = train_pack(small_store, cfg, [(1, 2)])[0]
+    r = train_pack(small_store, cfg, [(1, 2)], device=device)[0]
     back = read_member(write_member(r, tmp_path / "run"))
     assert back.member_id == r.member_id and back.best_epoch == 0 and back.epochs_run == 1
     for s in PRED_SPLITS:
@@ -213,7 +213,8 @@ def test_result_writes_and_reads_back(small_store, tmp_path):
     assert set(r.metrics) == set(PRED_SPLITS) and "mse" not in r.metrics["test3"]
 
 
-def test_stalled_member_gets_lr_cut_and_stops_while_others_go_on(small_store, monkeypatch):
+def test_stalled_member_gets_lr_cut_and_stops_while_others_go_on(small_store, monkeypatch,
+                                                                device):
     """One member's held-out metric stalls (its fold's score is pinned); the others keep
     improving. In the same pack only the stalled one has its LR reduced and stops early."""
     import mer_ray.trainer as T
@@ -236,7 +237,7 @@ def test_stalled_member_gets_lr_cut_and_stops_while_others_go_on(small_store, mo
 
     monkeypatch.setattr(T, "score", fake_score)
     cfg = small_config(epochs=12, warmup=0, plateau_patience=2, early_stop_patience=4, lr=1e-3)
-    stalled, other = train_pack(small_store, cfg, [(0, 0), (1, 0)])
+    stalled, other = train_pack(small_store, cfg, [(0, 0), (1, 0)], device=device)
     lrs = [h["lr"] for h in stalled.history]
     assert stalled.epochs_run == 5 and stalled.best_epoch == 0  # stops at warmup + patience
     assert lrs[0] == 1e-3 and lrs[-1] == 5e-4, lrs  # cut once after 3 bad epochs

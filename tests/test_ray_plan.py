@@ -1,0 +1,112 @@
+"""plan_workers on made-up clusters (a pure function given `available`), and the
+TorchTrainer's process-group backend; no Ray instance is started."""
+
+import itertools
+
+import pytest
+
+from mer_ray.errors import InputError
+from mer_ray.ray_train import Plan, plan_workers
+
+
+def node(gpus=0, cpus=16):
+    return {"CPU": float(cpus), "GPU": float(gpus)} if gpus else {"CPU": float(cpus)}
+
+
+def totals(plan: Plan) -> dict:
+    """What the trials that run at once hold together."""
+    running = plan.concurrency * plan.workers
+    return {unit: running * v for unit, v in plan.resources.items()}
+
+
+def test_fractional_gpus_count_every_slot():
+    # 1 // 0.2 == 4.0 in floats: 0.2 must still give 5 workers on one GPU
+    assert plan_workers(None, 0.2, 1, node(1)).workers == 5
+    assert plan_workers(None, 0.16, 1, node(8, 64)).workers == 50
+    assert plan_workers(None, 1 / 3, 1, node(1)).workers == 3
+    assert plan_workers(None, 0.25, 1, node(1)).workers == 4
+    assert plan_workers(2, 0.2, 5, node(2)).concurrency == 5
+
+
+def test_gpu_workers_are_bounded_by_cpus():
+    # 0.1 GPU each on 8 GPUs would be 80 workers; 16 CPUs run 16 of them
+    plan = plan_workers(None, 0.1, 3, node(8, 16))
+    assert plan.workers == 5 and plan.concurrency == 3
+    assert plan.resources == {"GPU": 0.1, "CPU": 1.0}
+    assert totals(plan)["CPU"] <= 16
+    # fewer CPUs than trials: the trials' single workers share the CPUs
+    plan = plan_workers(None, 0.25, 3, node(1, 2))
+    assert plan.workers == 1 and plan.concurrency == 3
+    assert plan.resources == {"GPU": 0.25, "CPU": 0.6666}
+    # --workers: as many trials at once as CPUs and GPUs allow
+    assert plan_workers(4, 0.1, 3, node(8, 10)).concurrency == 2
+    with pytest.raises(InputError, match="--workers 4 needs 4 x \\(0.1 GPU \\+ 1 CPU\\)"):
+        plan_workers(4, 0.1, 3, node(8, 3))
+    with pytest.raises(InputError, match="no CPU"):
+        plan_workers(None, 0.5, 1, {"GPU": 1.0})
+    with pytest.raises(InputError, match="no GPU"):
+        plan_workers(None, 0.5, 1, node(0))
+
+
+def test_the_warmup_grid_on_one_gpu_node():
+    """docs/gpu.md's placement table, 16 CPUs per node."""
+    table = {  # GPUs: (workers per trial, CPUs taken)
+        1: (1, 3), 4: (4, 12), 8: (5, 15)}
+    for gpus, (workers, cpus) in table.items():
+        plan = plan_workers(None, 0.33, 3, node(gpus, 16))
+        assert (plan.workers, plan.concurrency) == (workers, 3), (gpus, plan)
+        assert totals(plan)["CPU"] == cpus
+        assert plan.resources["GPU"] == 0.33
+    plan = plan_workers(None, 0.33, 3, node(8, 32))  # enough CPUs: 3 per GPU
+    assert plan.workers == 8 and totals(plan)["CPU"] == 24
+    # whole GPUs, one trial each: one 25-member pack per GPU
+    plan = plan_workers(1, 1, 3, node(8, 16))
+    assert (plan.workers, plan.concurrency) == (1, 3)
+    # fewer GPUs than trials x G: each trial's worker gets an equal share
+    plan = plan_workers(None, 0.5, 3, node(1))
+    assert plan.workers == 1 and plan.resources["GPU"] == 0.3333
+
+
+def test_every_plan_fits_its_cluster():
+    for g, gpus, cpus, trials, workers in itertools.product(
+            (0, 0.1, 0.16, 0.2, 0.25, 1 / 3, 0.33, 0.5, 1, 2), (1, 2, 4, 8), (1, 2, 8, 16, 64),
+            (1, 3), (None, 1, 2)):
+        try:
+            plan = plan_workers(workers, g, trials, node(gpus, cpus))
+        except InputError:
+            assert workers is not None
+            continue
+        held = totals(plan)
+        assert held["CPU"] <= cpus + 1e-9, (g, gpus, cpus, trials, workers, plan)
+        if g:
+            assert held["GPU"] <= gpus + 1e-9, (g, gpus, cpus, trials, workers, plan)
+        if workers is None:  # every trial at once, and no whole free slot left over
+            assert plan.concurrency == trials
+            slots = min(cpus, int(gpus / g + 1e-9)) if g else cpus
+            assert plan.workers == max(1, slots // trials)
+
+
+def test_train_with_ray_uses_gloo(monkeypatch, tmp_path):
+    """Workers never use the process group; NCCL (Train's default with GPUs) does not
+    support several ranks on one GPU, so the TorchTrainer always asks for gloo."""
+    ray_torch = pytest.importorskip("ray.train.torch")
+    from mer_ray import ray_train
+    from mer_ray.presets import get_preset
+
+    seen = {}
+
+    class FakeTrainer:
+        def __init__(self, *args, **kw):
+            seen.update(kw)
+
+        def fit(self):
+            return None
+
+    monkeypatch.setattr(ray_torch, "TorchTrainer", FakeTrainer)
+    config = get_preset("robust_v3").replace(epochs=1)
+    plan = plan_workers(None, 1 / 3, 3, node(1))
+    assert ray_train.train_with_ray("store", config, [0], str(tmp_path / "run"), plan,
+                                    log=lambda *a: None) == 5
+    assert seen["torch_config"].backend == "gloo"
+    assert seen["scaling_config"].use_gpu
+    assert seen["scaling_config"].resources_per_worker == {"GPU": 0.3333, "CPU": 1.0}
