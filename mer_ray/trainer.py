@@ -366,6 +366,8 @@ def train_pack(store, config, specs, device: str = "cpu", on_epoch=None, data=No
                                          loss_mean, t0, len(members), on_epoch)
             if not live:
                 break
+            if noise_std is not None and len(live) < k:  # members left: their rows go too
+                noise_std = feature_std(data, live)
     return _results(data, config, members)
 
 
