@@ -239,6 +239,19 @@ def trial_summary(members: list[MemberResult]) -> dict:
     return summary
 
 
+def trial_summary_keys(dataset: Dataset) -> list[str]:
+    """The keys trial_summary gives for members of `dataset`, known before any member
+    exists (a live Tune trial reports them empty until its end)."""
+    from ensembles.tables import CV, rows_of, row_split
+
+    keys = []
+    for row in rows_of(dataset):
+        split = row_split(row)
+        valence = dataset.has_valence if row == CV else dataset.scores_valence(split)
+        keys += [f"{row}_{k}" for k in ("f1", "acc") + (("mse", "combined") if valence else ())]
+    return keys + ["seeds", "members"]
+
+
 def trial_table(rows) -> str:
     """One line per grid setting: its trial_summary scores (cv F1 and combined, then F1
     and accuracy of each labelled test split)."""

@@ -107,11 +107,14 @@ def _run_grid(args, settings):
                         overwrite=args.overwrite, local=local)
     if args.overwrite:
         replace_out(args.out)
-    record_run(args.out, args.store, configs, checked.store.manifest)
     seeds = checked.seeds
+    record_run(args.out, args.store, configs, checked.store.manifest, seeds=seeds)
     if args.no_ray:
+        from mer_ray.progress import use_bar
+
         train_grid_here(checked.store, args.store, config, settings, seeds, args.out,
-                        args.pack_size, device, log_every=args.log_every)
+                        args.pack_size, device, log_every=args.log_every,
+                        tensorboard=args.tensorboard, bar=use_bar())
         return config, seeds, None
     del checked  # the workers read the store themselves
 
@@ -123,10 +126,13 @@ def _run_grid(args, settings):
     try:
         if args.command == "train":
             plan = ray_train.plan_workers(args.workers, args.gpus_per_worker)
-            ray_train.train_with_ray(args.store, config, seeds, args.out, plan, args.pack_size)
+            ray_train.train_with_ray(args.store, config, seeds, args.out, plan, args.pack_size,
+                                     log_every=args.log_every, tensorboard=args.tensorboard)
             return config, seeds, None
         grid = ray_train.tune_grid(args.store, config, settings, seeds, args.out, args.workers,
-                                   args.gpus_per_worker, args.pack_size)
+                                   args.gpus_per_worker, args.pack_size,
+                                   log_every=args.log_every, tensorboard=args.tensorboard,
+                                   verbose=args.tune_verbose)
         return config, seeds, [(r.config["setting"], r.metrics) for r in grid]
     finally:
         if started:
@@ -191,6 +197,18 @@ def cmd_search(args):
     print(search_table(rows, best))
     print(f"\nnext: mer-ray ensemble score {args.out} --strategy greedy  (greedy picks among "
           "the trials on out-of-fold predictions too)")
+
+
+def cmd_status(args):
+    import json
+
+    from mer_ray.status import format_status, run_status
+
+    status = run_status(args.run)
+    if args.json:
+        print(json.dumps(status, indent=1))
+    else:
+        print(format_status(status, members=args.members))
 
 
 def get_folds(args) -> int:
@@ -274,7 +292,16 @@ def _add_train_args(t, name: str) -> None:
     t.add_argument("--pack-size", type=int, default=10,
                    help="members trained together as one pack per worker (default 10)")
     t.add_argument("--log-every", type=int, default=10,
-                   help="print each pack's progress every N epochs (default 10)")
+                   help="print each pack's progress every N epochs (default 10; --no-ray "
+                   "on a terminal shows a progress bar instead)")
+    t.add_argument("--no-tensorboard", dest="tensorboard", action="store_false",
+                   help="write no TensorBoard curves (default: OUT/tensorboard/<member>/, "
+                   "one point per epoch; `tensorboard --logdir OUT`)")
+    if name != "train":
+        t.add_argument("--tune-verbose", type=int, choices=(0, 1, 2), default=0,
+                       help="Ray Tune's own console output: 0 none (default), 1 its trial "
+                       "table every 30 s with each trial's members saved, epoch and best "
+                       "F1 so far (and each trial's config when it starts), 2 every report")
     t.add_argument("--overwrite", action="store_true",
                    help="replace --out if it holds something other than a mer-ray run")
     t.add_argument("--address", default=None,
@@ -409,6 +436,18 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     pr.add_argument("--quiet", action="store_true", help="no progress bars")
     pr.set_defaults(func=cmd_predict)
+
+    st = sub.add_parser(
+        "status", help="what a run holds, what is training and what resuming would train",
+        description="Read a run folder (local or URI; no Ray needed): per config the members "
+        "saved of those expected (run.json's configs and seeds), failed ones, best epochs "
+        "and held-out scores; packs in flight (their progress files) with an ETA; packs "
+        "that stopped; and, when nothing is training, exactly the members the same command "
+        "would train to resume.")
+    st.add_argument("run", metavar="RUN", help="run folder or URI")
+    st.add_argument("--members", action="store_true", help="one line per saved member")
+    st.add_argument("--json", action="store_true", help="the same as JSON")
+    st.set_defaults(func=cmd_status)
 
     from ensembles.cli import register
     from mer_ray.bench import add_parser as add_bench

@@ -67,7 +67,7 @@ def run_demo(out: str, seed: int = 0, scale: float = DEMO_SCALE, seeds=DEMO_SEED
     configs = [config.replace(**s) for s in settings]
     checked = preflight(store, configs, list(seeds), run, demo_pack_size(seeds))
     print(summary_table(checked.store))
-    record_run(run, store, configs, checked.store.manifest)
+    record_run(run, store, configs, checked.store.manifest, seeds=list(seeds))
     print(f"[3/4] Ray Tune over warmup {'/'.join(map(str, DEMO_WARMUPS))} "
           f"({time.perf_counter() - t0:.0f} s so far)")
     started = ray_train.connect(address)

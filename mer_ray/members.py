@@ -228,6 +228,13 @@ def existing_member_ids(run) -> set[str]:
     return complete
 
 
+def member_meta(location: str) -> dict | None:
+    """A member file's metadata (config, fold, seed, best_epoch, epochs_run, metrics,
+    history, status, ...) from its Parquet footer, no predictions read; None where the
+    file cannot be read."""
+    return _meta_or_none(location)
+
+
 def _meta_or_none(location: str) -> dict | None:
     fs, path = resolve(location)
     try:

@@ -1,15 +1,37 @@
 """Ray Train and Ray Tune around the member trainer (which itself never imports Ray).
 
-- `run_train`: one recipe's fold x seed members as a Ray Train (V2) TorchTrainer whose
+- `train_with_ray`: one recipe's fold x seed members as a Ray Train (V2) TorchTrainer whose
   workers split the members that are not saved yet and train their share in packs.
-- `run_tune`: Ray Tune over a grid of recipe settings (the warmup grid 30/40/50); each
-  trial is a function that launches the `run_train` TorchTrainer and reports its
+- `tune_grid`: Ray Tune over a grid of recipe settings (the warmup grid 30/40/50); each
+  trial is a function that launches the `train_with_ray` TorchTrainer and reports its
   per-seed fold-averaged scores. FIFO: an early-stopping scheduler would kill ensemble
   members and compare folds of different difficulty.
 
 Resources (`plan_workers`), so trials and their workers can never deadlock: a trial's own
 function holds no CPU and only waits; the trials that run at once always have room for
 all their Train workers together.
+
+Live progress (`_trial`). A Tune trial reports while it runs, so the ResultGrid, Tune's
+status table and the trial's progress.csv / result.json under RUN/ray/ hold a curve:
+members saved of members_total, the least advanced running pack's epoch, best_f1 so far
+(held-out F1 at the best epoch), progress (member-epochs done), members_training,
+packs_running, best_combined. The trial function runs the TorchTrainer's fit() in a
+thread and itself calls ray.tune.report at once, then every REPORT_EVERY_S seconds
+where the numbers changed, from the run's own files (mer_ray.status.TrialWatch): the
+member files saved so far and the progress file each pack rewrites after every epoch
+(mer_ray.progress). Its last report is exactly trial_summary(...) of the saved members,
+so `r.metrics` is the summary `mer-ray tune` tabulates; every report carries the
+summary's keys (empty until then), since progress.csv keeps the first report's columns.
+Why not `ray.train.report` from the workers: it is a barrier (every worker must call it
+as often as the others) and only rank 0's metrics reach Tune, while workers here train
+different numbers of members and finish at different times; a fast worker must never
+wait for a slow one. Why files and not an actor the workers push to: the progress files
+exist anyway, for `mer-ray status` (which reads a run with no Ray, after a crash too);
+one reader, one truth; no extra process per trial (on 2 cores every Ray process delays
+the first epoch), nothing lost or stale when a worker restarts. The workers write one
+small file per pack per epoch (object storage: at most every 10 s) and nothing per step.
+On a cluster RUN is shared storage already (cluster/README.md), so a trial reads what
+workers on other nodes write.
 """
 
 from __future__ import annotations
@@ -29,6 +51,8 @@ DASHBOARD_PORT = 8265
 # A Tune trial function only waits on its TorchTrainer: it holds no CPU (Tune refuses an
 # empty request, so it holds 1 MiB of Ray's memory resource instead).
 TRIAL_RESOURCES = {"CPU": 0, "memory": 2**20}
+# How often a trial looks at its run's files for a live report (it reports on change).
+REPORT_EVERY_S = 5.0
 PREEMPTION_WATCHER_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
 # Ray 2.60's Train API (/api/train/v2/runs/v1) lists runs only where Train tracks them.
 STATE_TRACKING_ENV = "RAY_TRAIN_ENABLE_STATE_TRACKING"
@@ -212,7 +236,9 @@ def _worker_loop(cfg: dict) -> None:
     if mine:
         store = read_store(cfg["store"])
         train_members(store, config, mine, cfg["run"], cfg["pack_size"], device,
-                      log=_stdout, tag=f"[{config.preset} w{config.warmup} worker {rank}] ")
+                      log=_stdout, tag=f"[{config.preset} w{config.warmup} worker {rank}] ",
+                      log_every=cfg.get("log_every", 10),
+                      tensorboard=cfg.get("tensorboard", True))
     ray.train.report({"members_trained": len(mine)})
 
 
@@ -224,8 +250,11 @@ def _stdout(msg: str) -> None:
 
 
 def train_with_ray(store_path: str, config, seeds, run: str, plan: Plan,
-                   pack_size: int = 10, max_failures: int = 2, log=print) -> int:
-    """One recipe through a TorchTrainer. Returns the number of members it trained."""
+                   pack_size: int = 10, max_failures: int = 2, log=print,
+                   log_every: int = 10, tensorboard: bool = True) -> int:
+    """One recipe through a TorchTrainer. Returns the number of members it trained.
+    Each worker prints its packs' progress every `log_every` epochs and writes its
+    members' TensorBoard curves unless `tensorboard` is False."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -238,7 +267,8 @@ def train_with_ray(store_path: str, config, seeds, run: str, plan: Plan,
         _worker_loop,
         train_loop_config={"config": config.to_dict(), "specs": specs, "run": str(run),
                            "store": str(store_path), "pack_size": pack_size,
-                           "use_gpu": use_gpu},
+                           "use_gpu": use_gpu, "log_every": log_every,
+                           "tensorboard": tensorboard},
         # gloo, never NCCL (Train's default for GPU workers): the workers never use the
         # process group, and NCCL does not support two ranks on one GPU ("Duplicate GPU
         # detected"), which is what a fractional --gpus-per-worker makes.
@@ -298,17 +328,52 @@ def _storage(run: str) -> str:
 
 
 def _trial(cfg: dict) -> None:
-    """A Tune trial: train one grid setting through Ray Train, then report its scores."""
+    """A Tune trial: train one grid setting through Ray Train, reporting its progress
+    while it runs and its scores at the end (module docstring: live progress)."""
+    import json
+    import threading
+
     import ray.tune
 
+    from ensembles.groups import trial_summary, trial_summary_keys
+    from mer_ray.data.store import read_manifest
+    from mer_ray.dataset import Dataset
     from mer_ray.presets import TrainConfig
+    from mer_ray.status import TrialWatch
 
     config = TrainConfig(**cfg["config"]).replace(**cfg["setting"])
-    train_with_ray(cfg["store"], config, cfg["seeds"], cfg["run"], Plan(**cfg["plan"]),
-                   cfg["pack_size"])
-    from ensembles.groups import trial_summary
+    run, seeds = cfg["run"], cfg["seeds"]
+    watch = TrialWatch(run, config, seeds)
+    dataset = Dataset.from_dict(read_manifest(cfg["store"])["dataset"])
+    summary_keys = dict.fromkeys(trial_summary_keys(dataset), float("nan"))
+    failure: list[BaseException] = []
 
-    ray.tune.report(trial_summary(read_config_members(cfg["run"], config, cfg["seeds"])))
+    def fit():
+        try:
+            train_with_ray(cfg["store"], config, seeds, run, Plan(**cfg["plan"]),
+                           cfg["pack_size"], log_every=cfg.get("log_every", 10),
+                           tensorboard=cfg.get("tensorboard", True))
+        except BaseException as e:  # re-raised in the trial's own thread below
+            failure.append(e)
+
+    fitting = threading.Thread(target=fit, name="mer-ray-fit", daemon=True)
+    fitting.start()
+    last = None
+    while True:
+        try:
+            snapshot = watch.snapshot()
+        except Exception as e:  # noqa: BLE001 - a live report is never worth the trial
+            print(f"note: no live report this time ({type(e).__name__}: {e})")
+            snapshot = None
+        if snapshot is not None and json.dumps(snapshot) != last:  # NaN-safe comparison
+            ray.tune.report({**snapshot, **summary_keys})
+            last = json.dumps(snapshot)
+        if not fitting.is_alive():
+            break
+        fitting.join(cfg.get("report_every", REPORT_EVERY_S))
+    if failure:
+        raise failure[0]
+    ray.tune.report(trial_summary(read_config_members(run, config, seeds)))
 
 
 def _trial_config(trial):
@@ -355,21 +420,25 @@ def _grid_name(config, settings: list[dict]) -> str:
 
 def tune_grid(store_path: str, config, settings: list[dict], seeds, run: str,
               workers: int | None = None, gpus_per_worker: float = 0, pack_size: int = 10,
-              log=print):
+              log=print, log_every: int = 10, tensorboard: bool = True,
+              report_every: float = REPORT_EVERY_S, verbose: int = 0):
     """Ray Tune over `settings` (e.g. [{"warmup": 30}, {"warmup": 40}, ...]).
-    Returns the ResultGrid."""
+    Each trial reports its progress every `report_every` seconds where it changed, and
+    its trial_summary at the end (module docstring); `verbose` is Tune's (1: its status
+    table every 30 s). Returns the ResultGrid."""
     from ray import tune
 
     plan = plan_workers(workers, gpus_per_worker, len(settings))
     log(f"{len(settings)} trial(s), {plan.workers} Train worker(s) each with {plan.resources}, "
         f"{plan.concurrency} at once (FIFO)")
-    record_run(run, store_path, [config.replace(**s) for s in settings])
+    record_run(run, store_path, [config.replace(**s) for s in settings], seeds=seeds)
     tuner = tune.Tuner(
         _named_trial(),
         param_space={"setting": tune.grid_search(settings), "config": config.to_dict(),
                      "seeds": [int(s) for s in seeds], "run": str(run),
                      "store": str(store_path), "plan": dataclasses.asdict(plan),
-                     "pack_size": pack_size},
+                     "pack_size": pack_size, "log_every": log_every,
+                     "tensorboard": tensorboard, "report_every": report_every},
         tune_config=tune.TuneConfig(max_concurrent_trials=plan.concurrency,
                                     trial_name_creator=_trial_name,
                                     trial_dirname_creator=_trial_dirname),
@@ -377,7 +446,7 @@ def tune_grid(store_path: str, config, settings: list[dict], seeds, run: str,
             name=_grid_name(config, settings),
             storage_path=_storage(run),
             failure_config=tune.FailureConfig(max_failures=1),
-            verbose=0,
+            verbose=verbose,
         ),
     )
     grid = tuner.fit()

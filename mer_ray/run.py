@@ -7,11 +7,16 @@ here (ensembles reads what runs write; the dependency goes one way).
 
 Run folder (a local path or a pyarrow filesystem URI):
 
-    RUN/run.json                    the store used (location, content hash, dataset)
-                                    and every config trained into the run
+    RUN/run.json                    the store used (location, content hash, dataset),
+                                    every config trained into the run and the seeds
+                                    asked of each (`seeds`, one list per config)
     RUN/members/<id>.safetensors    one member's best-epoch weights (mer_ray.weights)
     RUN/members/<id>.parquet        its predictions, written last (mer_ray.members)
-    RUN/tensorboard/                per-member curves (mer_ray.progress)
+    RUN/tensorboard/<id>/           the member's curves, one point per epoch
+                                    (mer_ray.progress; off with --no-tensorboard)
+    RUN/progress/<pack-id>.json     a pack being trained, rewritten every epoch and
+                                    removed once its members are saved (`mer-ray
+                                    status`, the live Tune reports)
     RUN/ray/                        Ray Train / Tune bookkeeping (Ray paths only)
 """
 
@@ -79,9 +84,13 @@ def read_run(run) -> dict:
                          "are kept) and run the same command again") from None
 
 
-def record_run(run, store_location: str, configs, manifest: dict | None = None) -> None:
+def record_run(run, store_location: str, configs, manifest: dict | None = None,
+               seeds=None) -> None:
     """Add configs to RUN/run.json (creating it), so scoring and prediction can find the
-    store. A run holds members of one store only: another store's content hash is refused."""
+    store, and the seeds each was asked for (`seeds`, a list per config beside
+    `configs`: the union of every command's), so `mer-ray status` knows what a run
+    is missing. A run holds members of one store only: another store's content hash is
+    refused."""
     info = read_run(run) or {"format": RUN_FORMAT, "store": str(store_location), "configs": []}
     if manifest is not None:
         known = info.get("store_content_hash")
@@ -92,69 +101,94 @@ def record_run(run, store_location: str, configs, manifest: dict | None = None) 
                 "--out for this store")
         info.update(format=RUN_FORMAT, store=str(store_location),
                     store_content_hash=manifest["content_hash"], dataset=manifest["dataset"])
+    recorded = info.setdefault("seeds", [])
+    recorded += [[] for _ in range(len(info["configs"]) - len(recorded))]  # older run.json
     for c in configs:
         if c.to_dict() not in info["configs"]:
             info["configs"].append(c.to_dict())
+            recorded.append([])
+        i = info["configs"].index(c.to_dict())
+        recorded[i] = sorted(set(recorded[i]) | {int(s) for s in seeds or ()})
     with storage_errors(join(run, RUN_FILE)):
         write_bytes(join(run, RUN_FILE), json.dumps(info, indent=1).encode())
 
 
 def train_members(store, config, specs, run, pack_size: int = 10, device: str = "cpu",
-                  log=print, tag: str = "", on_epoch=None, log_every: int = 10) -> list[str]:
+                  log=print, tag: str = "", on_epoch=None, log_every: int = 10,
+                  tensorboard: bool = True, bar: bool = False) -> list[str]:
     """Train `specs` of one config in packs of `pack_size`, writing each member's files
     as its pack finishes. Returns the member files written.
 
     A failure to save one member (a full disk, say) does not discard the others: every
     member that can be saved is, then one StorageError says how many were kept and how
-    to resume. `on_epoch` gets each pack's EpochProgress (mer_ray.trainer)."""
-    from mer_ray.progress import PackPrinter
+    to resume. Each pack's EpochProgress (mer_ray.trainer) goes to the console (lines
+    every `log_every` epochs, or a tqdm bar with `bar`), its members' TensorBoard curves
+    (`tensorboard`), its progress file (mer_ray.progress) and `on_epoch`."""
+    from mer_ray.progress import pack_consumers, remove_finished_progress
     from mer_ray.trainer import TrainData, train_pack  # torch loads only when training
 
     written = []
     packs = [specs[i : i + pack_size] for i in range(0, len(specs), pack_size)]
     data = TrainData(store, config, device) if packs else None
+    cfg = config.to_dict()
     for n, pack in enumerate(packs, 1):
         t0 = time.perf_counter()
         names = " ".join(f"f{f}s{s}" for f, s in pack)
         log(f"{tag}pack {n}/{len(packs)}: {len(pack)} member(s) [{names}] of "
             f"{setting_label(config)}")
-        printer = PackPrinter(log, every=log_every, tag=f"{tag}pack {n}/{len(packs)} ")
-        consumers = [printer] + ([on_epoch] if on_epoch else [])
-        results = train_pack(store, config, pack, device=device, data=data,
-                             on_epoch=lambda p: [c(p) for c in consumers])
-        failures = []
-        for r in results:
+        ids = [member_id(cfg, f, s) for f, s in pack]
+        consumers = pack_consumers(run, config, pack, ids, log=log, log_every=log_every,
+                                   tag=f"{tag}pack {n}/{len(packs)} ", tensorboard=tensorboard,
+                                   bar=bar, label=setting_label(config))
+        every = consumers + ([on_epoch] if on_epoch else [])
+        try:
             try:
-                written.append(write_member(r, run))
-            except StorageError as e:
-                failures.append((r.member_id, e))
-                continue
-            if r.status == "failed":
-                log(f"{tag}saved {r.member_id} as FAILED: {r.stop_reason}")
-                continue
-            oof = r.metrics["oof"]
-            extra = f" ({r.stop_reason})" if r.stop_reason else ""
-            log(f"{tag}saved {r.member_id}: best epoch {r.best_epoch} of {r.epochs_run}, "
-                f"oof F1 {oof['f1']:.4f}" + (f" combined {oof['combined']:.4f}"
-                                             if "combined" in oof else "") + extra)
-        if failures:
-            saved = len(written)
-            raise StorageError(f"{failures[0][1]} ({len(failures)} member(s) of this pack "
-                               f"not saved, {saved} saved in {run} and kept)")
+                results = train_pack(store, config, pack, device=device, data=data,
+                                     on_epoch=lambda p, every=every: [c(p) for c in every])
+            finally:
+                for c in consumers[:-1]:  # the console and the curves: done
+                    c.close()
+            _save_pack(results, run, written, log, tag)
+        finally:
+            consumers[-1].close()  # the progress file goes once the members are saved
         log(f"{tag}pack {n}/{len(packs)} done in {time.perf_counter() - t0:.1f} s")
+    if packs:
+        remove_finished_progress(run, existing_member_ids(run))
     return written
+
+
+def _save_pack(results, run, written: list, log, tag: str) -> None:
+    failures = []
+    for r in results:
+        try:
+            written.append(write_member(r, run))
+        except StorageError as e:
+            failures.append((r.member_id, e))
+            continue
+        if r.status == "failed":
+            log(f"{tag}saved {r.member_id} as FAILED: {r.stop_reason}")
+            continue
+        oof = r.metrics["oof"]
+        extra = f" ({r.stop_reason})" if r.stop_reason else ""
+        log(f"{tag}saved {r.member_id}: best epoch {r.best_epoch} of {r.epochs_run}, "
+            f"oof F1 {oof['f1']:.4f}" + (f" combined {oof['combined']:.4f}"
+                                         if "combined" in oof else "") + extra)
+    if failures:
+        raise StorageError(f"{failures[0][1]} ({len(failures)} member(s) of this pack "
+                           f"not saved, {len(written)} saved in {run} and kept)")
 
 
 def train_grid_here(store, store_location: str, config, settings, seeds, run: str,
                     pack_size: int = 10, device: str = "cpu", log=print,
-                    on_epoch=None, log_every: int = 10) -> int:
+                    on_epoch=None, log_every: int = 10, tensorboard: bool = True,
+                    bar: bool = False) -> int:
     """The same grid in this process, no Ray (`--no-ray`). Returns members trained."""
     trained = 0
     for s in settings:
         c = config.replace(**s)
         _, todo = missing(run, c, seeds, log)
         train_members(store, c, todo, run, pack_size, device, log=log, on_epoch=on_epoch,
-                      log_every=log_every)
+                      log_every=log_every, tensorboard=tensorboard, bar=bar)
         trained += len(todo)
     return trained
 

@@ -17,3 +17,47 @@ def fast_config(**changes):
 
 def set_args():
     return [a for s in FAST for a in ("--set", s)]
+
+
+def tensorboard_scalars(folder) -> dict[str, list[tuple[int, float]]]:
+    """Tag -> [(step, value)] of every TensorBoard event file in `folder`, read back with
+    tensorboardX's protobuf classes (the `tensorboard` package is not installed here): each
+    TFRecord is a length, its CRC, the event, its CRC; both CRCs are checked."""
+    import struct
+    from pathlib import Path
+
+    from tensorboardX.proto.event_pb2 import Event
+    from tensorboardX.record_writer import masked_crc32c
+
+    out: dict[str, list[tuple[int, float]]] = {}
+    for path in sorted(Path(folder).glob("*tfevents*")):
+        data, pos = path.read_bytes(), 0
+        while pos < len(data):
+            header = data[pos:pos + 8]
+            (length,) = struct.unpack("<Q", header)
+            assert struct.unpack("<I", data[pos + 8:pos + 12])[0] == masked_crc32c(header)
+            body = data[pos + 12:pos + 12 + length]
+            assert struct.unpack("<I", data[pos + 12 + length:pos + 16 + length])[0] == \
+                masked_crc32c(body)
+            pos += 16 + length
+            event = Event.FromString(body)
+            for v in event.summary.value:
+                out.setdefault(v.tag, []).append((event.step, v.simple_value))
+    return out
+
+
+def assert_curves(run, members) -> None:
+    """Every member has its TensorBoard folder, holding one point per epoch it ran."""
+    from pathlib import Path
+
+    import pytest
+
+    run = Path(run)
+    for m in members:
+        curves = tensorboard_scalars(run / "tensorboard" / m.member_id)
+        steps = list(range(m.epochs_run))
+        for tag in ("train/loss", "train/lr", "held_out/f1", "held_out/acc", "held_out/mse",
+                    "held_out/combined"):
+            assert [s for s, _ in curves[tag]] == steps, (m.member_id, tag)
+        f1 = [h["val_f1"] for h in m.history]
+        assert [v for _, v in curves["held_out/f1"]] == pytest.approx(f1, abs=1e-6)

@@ -14,7 +14,7 @@ from mer_ray.presets import get_preset
 from mer_ray.ray_train import (PREEMPTION_WATCHER_ENV, STATE_TRACKING_ENV, plan_workers,
                                setting_label, train_with_ray, tune_grid)
 from mer_ray.run import all_specs
-from raytools import fast_config, tiny_store
+from raytools import assert_curves, fast_config, tiny_store
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +57,90 @@ def test_three_trial_tune_on_two_cpus_finishes(cluster, store, tmp_path):
         assert (ray_dir / f"train-{trial}").is_dir()  # its TorchTrainer run
 
 
+def _csv_rows(path: Path) -> list[dict]:
+    import csv
+
+    try:
+        with open(path, newline="") as f:
+            return list(csv.DictReader(f))
+    except OSError:
+        return []
+
+
+def _number(text) -> float:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def test_tune_trial_reports_while_it_runs(cluster, store, tmp_path, monkeypatch):
+    """A trial's progress.csv gains rows while it trains (members saved, the running
+    pack's epoch, best held-out F1 so far): a curve, read here mid-run. Its last report is
+    exactly the trial summary, which progress.csv keeps too; every member has TensorBoard
+    curves, one point per epoch."""
+    # Tune writes result files in its staging folder and copies them to RUN/ray with its
+    # experiment state, every 10 s or more; every second here, for a short trial.
+    monkeypatch.setenv("TUNE_GLOBAL_CHECKPOINT_S", "1")
+    import json
+    import math
+    import threading
+    import time
+
+    from ensembles.groups import trial_summary, trial_summary_keys
+    from mer_ray.data.store import read_store
+    from mer_ray.members import list_member_files, read_member
+
+    run = tmp_path / "run"
+    config = fast_config(epochs=60)
+    box = {}
+
+    def tune():
+        try:
+            box["grid"] = tune_grid(store, config, [{"warmup": 1}], [0], str(run), pack_size=5,
+                                    log=lambda *a: None, report_every=0.5)
+        except BaseException as e:  # noqa: BLE001 - shown by the assertion below
+            box["error"] = e
+
+    thread = threading.Thread(target=tune, daemon=True)
+    thread.start()
+    seen, deadline = [], time.time() + 500
+    while thread.is_alive() and time.time() < deadline and not seen:
+        for path in run.glob("ray/tune-*/*/progress.csv"):
+            rows = _csv_rows(path)
+            epochs = {_number(r.get("epoch")) for r in rows} - {0.0}
+            summary = any(math.isfinite(_number(r.get("cv_f1"))) for r in rows)
+            if len({e for e in epochs if math.isfinite(e)}) >= 2 and not summary:
+                seen = rows  # two epochs of the running pack, the trial not done
+        time.sleep(0.2)
+    thread.join(timeout=600)
+    assert "error" not in box, box.get("error")
+    assert seen, "progress.csv never showed a curve while the trial ran"
+    assert all(int(_number(r["members_total"])) == 5 for r in seen)
+    assert all(_number(r["members_saved"]) < 5 for r in seen)
+    (result,) = box["grid"]
+    members = [read_member(f) for f in list_member_files(run)]
+    want = trial_summary(members)
+    # the last report is the summary, nothing else of ours
+    assert {k: result.metrics[k] for k in want} == pytest.approx(want)
+    assert "members_saved" not in result.metrics
+    (path,) = run.glob("ray/tune-*/*/progress.csv")
+    rows = _csv_rows(path)
+    dataset = read_store(store).dataset
+    assert set(trial_summary_keys(dataset)) == set(want) <= set(rows[0])
+    assert _number(rows[-1]["cv_f1"]) == pytest.approx(want["cv_f1"])
+    assert int(_number(rows[-2]["members_saved"])) == 5  # the curve ends with all saved
+    assert _number(rows[-2]["progress"]) == pytest.approx(1.0)
+    running = [_number(r["epoch"]) for r in rows[:-1] if _number(r["members_training"]) > 0]
+    assert len(set(running) - {0.0}) >= 2 and running == sorted(running)  # epochs rise
+    lines = (path.parent / "result.json").read_text().splitlines()
+    assert len(lines) == len(rows) and json.loads(lines[-1])["cv_f1"] == pytest.approx(
+        want["cv_f1"])
+    assert_curves(run, members)
+    assert all(m.epochs_run == 60 for m in members)
+    assert not list((run / "progress").glob("*.json"))  # packs done, their files gone
+
+
 def test_setting_label_names_the_setting():
     v3 = get_preset("robust_v3")
     assert setting_label(v3.replace(warmup=40)) == "robust_v3 warmup=40"
@@ -69,8 +153,10 @@ def test_train_splits_members_between_workers_and_resumes(cluster, store, tmp_pa
     config = fast_config()
     plan = plan_workers(2, 0, 1)
     lines = []
-    assert train_with_ray(store, config, [0, 1], run, plan, pack_size=2, log=lines.append) == 10
+    assert train_with_ray(store, config, [0, 1], run, plan, pack_size=2, log=lines.append,
+                          tensorboard=False) == 10
     assert existing_member_ids(run) == expected_ids(config, [0, 1])
+    assert not (Path(run) / "tensorboard").exists()  # --no-tensorboard on the workers too
     # a member's result does not depend on which worker trained it, nor on Ray
     from mer_ray.data.store import read_store
     from mer_ray.members import list_member_files, read_member

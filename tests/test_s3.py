@@ -73,6 +73,9 @@ def test_import_upload_train_score_report_predict_on_s3(s3, tmp_path, capsys):
             "--set", "epochs=1"]
     assert main(["train", "--no-ray", *args]) == 0
     capsys.readouterr()
+    assert main(["status", run]) == 0  # read from S3: all saved, nothing in flight
+    text = capsys.readouterr().out
+    assert "5 of 5 member(s) saved (0 failed), 0 in flight" in text and "complete" in text
     assert main(["train", "--no-ray", *args]) == 0  # resume finds the members on S3
     assert "5 already saved" in capsys.readouterr().out
     assert main(["ensemble", "score", run]) == 0
@@ -85,6 +88,13 @@ def test_import_upload_train_score_report_predict_on_s3(s3, tmp_path, capsys):
         pafs.FileSelector(path, recursive=True))}
     assert {"run.json", "scores.json", "report.html", "submission_test2.csv"} <= names
     assert sum(n.endswith(".safetensors") for n in names) == 5
+    # TensorBoard curves uploaded at the end of the pack, one file per member; no
+    # progress file left once the pack's members are saved
+    events = [i for i in fs.get_file_info(pafs.FileSelector(f"{path}/tensorboard",
+                                                            recursive=True))
+              if "tfevents" in i.base_name]
+    assert len(events) == 5
+    assert not fs.get_file_info(pafs.FileSelector(f"{path}/progress", allow_not_found=True))
     # a store written straight to S3 by the importer, and the tune command through Ray
     assert main(["data", "import", "--features", str(tree / "features"), "--labels",
                  str(tree / "labels.csv"), "--out", f"{s3}/store2", "--quiet"]) == 0
