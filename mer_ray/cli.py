@@ -118,8 +118,6 @@ def _run_grid(args, settings):
         return config, seeds, None
     del checked  # the workers read the store themselves
 
-    import ray
-
     from mer_ray import ray_train
 
     started = ray_train.connect(args.address)
@@ -136,7 +134,7 @@ def _run_grid(args, settings):
         return config, seeds, [(r.config["setting"], r.metrics) for r in grid]
     finally:
         if started:
-            ray.shutdown()
+            ray_train.disconnect()
 
 
 def _device(requested: str | None) -> str:

@@ -7,7 +7,7 @@ reads the dataset from the store or the member files (mer_ray.dataset).
 from mer_ray.dataset import MODALITIES, Dataset, Split
 
 __all__ = ["MODALITIES", "MER2023", "MER2023_FEATURES", "MER2023_COUNTS", "MER_CLASSES",
-           "VALENCE_PLACEHOLDER", "PLACEHOLDER_EMOTION"]
+           "VALENCE_PLACEHOLDER", "PLACEHOLDER_EMOTION", "MER2023_REPORTED"]
 
 # The six classes of MER2023, MER2024, MER2025 Track 1 and MER2026 Track 1, in order.
 MER_CLASSES = ("neutral", "angry", "happy", "sad", "worried", "surprise")
@@ -42,3 +42,16 @@ MER2023_COUNTS = {
 VALENCE_PLACEHOLDER = -10.0
 # ...and this emotion for every sample of a test set handed out unlabelled (MER2024+).
 PLACEHOLDER_EMOTION = "neutral"
+
+# The experiment report's numbers on real MER2023 features, (F1, accuracy) per preset:
+# what a user with the real features compares a run to (each preset's docstring cites them).
+MER2023_REPORTED = {
+    "baseline": {"cv": (.7366, .7376), "test1": (.7956, .7956), "test2": (.7450, .7476),
+                 "test3": (.8638, .8645)},
+    "robust_v1": {"cv": (.7397, .7450), "test1": (.7926, .7956), "test2": (.7349, .7403),
+                  "test3": (.8725, .8777)},
+    "robust_v2": {"cv": (.7480, .7492), "test1": (.8191, .8175), "test2": (.7284, .7306),
+                  "test3": (.8910, .8945)},
+    "robust_v3": {"cv": (.7491, .7516), "test1": (.8239, .8248), "test2": (.7609, .7621),
+                  "test3": (.8850, .8873)},
+}

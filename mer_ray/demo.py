@@ -35,8 +35,6 @@ def demo_pack_size(seeds) -> int:
 
 def run_demo(out: str, seed: int = 0, scale: float = DEMO_SCALE, seeds=DEMO_SEEDS,
              overwrite: bool = False, address: str | None = None) -> None:
-    import ray
-
     from ensembles.groups import trial_table
     from ensembles.score import score_runs
     from mer_ray import ray_train
@@ -76,7 +74,7 @@ def run_demo(out: str, seed: int = 0, scale: float = DEMO_SCALE, seeds=DEMO_SEED
                                    pack_size=demo_pack_size(seeds))
     finally:
         if started:
-            ray.shutdown()
+            ray_train.disconnect()
     print("\ntrials (each seed's fold-averaged members, mean over seeds)")
     print(trial_table([(r.config["setting"], r.metrics) for r in grid]))
     print(f"\n[4/4] ensembles of every member ({time.perf_counter() - t0:.0f} s so far)")

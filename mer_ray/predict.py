@@ -150,7 +150,8 @@ class Predictor:
         else:
             names = sorted(set().union(*files.values()))
         if not names:
-            raise InputError(f"--features {root}: no .npy files in {', '.join(f for _, f in files)}")
+            raise InputError(f"--features {root}: no .npy files in "
+                             f"{', '.join(f for _, f in files)}")
         present = {key: np.array([n in got for n in names]) for key, got in files.items()}
         self._check_missing(present, names, missing, root)
         arrays = {}
@@ -247,16 +248,16 @@ class Predictor:
         packs = self._packs()
         for pack in tqdm(packs, desc="members", unit="pack", file=sys.stderr,
                          disable=not progress or len(packs) < 2):
-            for item, (lg, va) in zip(pack, self._run_pack(pack, arrays, present)):
-                member_out[item.member.member_id] = (lg, va)
+            for item, out in zip(pack, self._run_pack(pack, arrays, present)):
+                member_out[item.member.member_id] = out  # (logits, valence)
         seconds_model = time.perf_counter() - t0
         # the ensemble: fold members of each group averaged, then the groups weighted
         group_logits, group_valence, weights = [], [], []
         for label, members in group_members(self.members):
             outs = [member_out[m.member_id] for m in members]
-            group_logits.append(np.mean([lg for lg, _ in outs], axis=0))
+            group_logits.append(np.mean([logits for logits, _ in outs], axis=0))
             if outs[0][1] is not None:
-                group_valence.append(np.mean([va for _, va in outs], axis=0))
+                group_valence.append(np.mean([valence for _, valence in outs], axis=0))
             weights.append(self.group_weights[label])
         kind = "prob" if self.strategy == "prob" else "logits"
         combined = SplitPredictions(

@@ -230,19 +230,6 @@ PRESETS: dict[str, TrainConfig] = {
     c.preset: c for c in (Baseline(), RobustV1(), RobustV2(), RobustV3())
 }
 
-# The experiment report's numbers on real MER2023 features: (F1, accuracy).
-REFERENCE_SCORES = {
-    "baseline": {"cv": (.7366, .7376), "test1": (.7956, .7956), "test2": (.7450, .7476),
-                 "test3": (.8638, .8645)},
-    "robust_v1": {"cv": (.7397, .7450), "test1": (.7926, .7956), "test2": (.7349, .7403),
-                  "test3": (.8725, .8777)},
-    "robust_v2": {"cv": (.7480, .7492), "test1": (.8191, .8175), "test2": (.7284, .7306),
-                  "test3": (.8910, .8945)},
-    "robust_v3": {"cv": (.7491, .7516), "test1": (.8239, .8248), "test2": (.7609, .7621),
-                  "test3": (.8850, .8873)},
-}
-
-
 def get_preset(name: str) -> TrainConfig:
     if name not in PRESETS:
         raise InputError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")

@@ -93,8 +93,8 @@ def connect(address: str | None = None, log=print, num_cpus: int | None = None,
         # imports Ray Train); an embedded single-machine Ray has no node to preempt, and
         # on 2 cores each such process delays the first epoch. Set before ray.init so the
         # raylet (and every actor it starts) inherits it; a user's own setting wins.
-        os.environ.setdefault(PREEMPTION_WATCHER_ENV, "0")
-        os.environ.setdefault(STATE_TRACKING_ENV, "1")
+        _set_env(PREEMPTION_WATCHER_ENV, "0", keep_users=True)
+        _set_env(STATE_TRACKING_ENV, "1", keep_users=True)
         _console_filters()
         port = _free_port(DASHBOARD_PORT)
         if port != DASHBOARD_PORT:
@@ -102,7 +102,7 @@ def connect(address: str | None = None, log=print, num_cpus: int | None = None,
         # Train's own actors ask Ray's state API whether their controller lives; given no
         # address they look for "the" Ray on this machine and can reach another one (a
         # `ray start` head, a second embedded Ray). Point them at this one's dashboard.
-        os.environ["RAY_API_SERVER_ADDRESS"] = f"http://{DASHBOARD_HOST}:{port}"
+        _set_env("RAY_API_SERVER_ADDRESS", f"http://{DASHBOARD_HOST}:{port}")
         token_file = os.path.expanduser(DEFAULT_TOKEN_FILE)
         had_token = os.path.exists(token_file)
         ctx = ray.init(address="local", include_dashboard=True, dashboard_host=DASHBOARD_HOST,
@@ -116,6 +116,32 @@ def connect(address: str | None = None, log=print, num_cpus: int | None = None,
             log(f"  it asks for the token {_token_source()} "
                 "(`ray get-auth-token` prints it)")
     return True
+
+
+# What connect() changed in this process's environment, to put back on disconnect():
+# RAY_API_SERVER_ADDRESS names this embedded Ray's dashboard, and left behind it would
+# send a later `ray job submit` (or another Ray) to a dashboard that is gone.
+_SAVED_ENV: dict[str, str | None] = {}
+
+
+def _set_env(name: str, value: str, keep_users: bool = False) -> None:
+    if keep_users and name in os.environ:
+        return  # a user's own setting wins
+    _SAVED_ENV.setdefault(name, os.environ.get(name))
+    os.environ[name] = value
+
+
+def disconnect() -> None:
+    """Shut down the Ray that connect() started, and undo its environment changes."""
+    import ray
+
+    ray.shutdown()
+    for name, value in _SAVED_ENV.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    _SAVED_ENV.clear()
 
 
 def _token_source() -> str:

@@ -345,9 +345,10 @@ def train_pack(store, config, specs, device: str = "cpu", on_epoch=None, data=No
                                          data.emotion[t].reshape(-1), reduction="none")
                     loss = (ce.view(k, bs) * w).sum(1) / w.sum(1).clamp(min=1)  # [K]
                     if shape.valence:
-                        hv = data.has_valence[t].float() * w
+                        valence_rows = data.has_valence[t].float() * w
                         err = (out.valence.float() - data.valence[t]) ** 2
-                        loss = loss + (err * hv).sum(1) / hv.sum(1).clamp(min=1)
+                        loss = loss + ((err * valence_rows).sum(1)
+                                       / valence_rows.sum(1).clamp(min=1))
                     if config.contrastive_weight > 0:
                         loss = loss + config.contrastive_weight * contrastive_loss(
                             [h.float() for h in out.hidden], out.fused.float(), w,

@@ -78,7 +78,9 @@ def test_worker_node_removed_mid_run(store, tmp_path):
         assert "error" not in result, result.get("error")
         assert existing_member_ids(run) == expected_ids(config, [0, 1])
         files = os.listdir(os.path.join(run, "members"))
-        assert len(files) == 10 and not [f for f in files if f.startswith(".tmp")]
+        # each member once: its weights and its predictions, nothing temporary left
+        assert sorted(f.rsplit(".", 1)[1] for f in files) == ["parquet"] * 10 + ["safetensors"] * 10
+        assert not [f for f in files if f.startswith(".tmp")]
     finally:
         ray.shutdown()
         cluster.shutdown()

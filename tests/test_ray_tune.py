@@ -239,3 +239,25 @@ def test_embedded_ray_console_shows_every_line_and_where_the_token_is(tmp_path):
     assert f"asks for the token in {tmp_path / '.ray' / 'auth_token'}" in console
     token = tmp_path / ".ray" / "auth_token"
     assert token.read_text().strip() and token.stat().st_mode & 0o077 == 0  # yours only
+
+
+def test_disconnect_puts_the_environment_back():
+    """connect() points Train's helpers at its own dashboard through the environment;
+    once that Ray is gone the variable must go too, or a later `ray job submit` in the
+    same process tree is sent to a dashboard that no longer exists."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import os, ray\n"
+            "from mer_ray.ray_train import connect, disconnect\n"
+            "connect(log=lambda m: None, num_cpus=1)\n"
+            "print('during', os.environ.get('RAY_API_SERVER_ADDRESS'))\n"
+            "disconnect()\n"
+            "print('after', os.environ.get('RAY_API_SERVER_ADDRESS'), ray.is_initialized())\n")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, timeout=180)
+    assert out.returncode == 0, out.stderr
+    assert "during http://127.0.0.1:" in out.stdout and "after None False" in out.stdout

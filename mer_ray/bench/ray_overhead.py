@@ -34,7 +34,6 @@ def ray_grid(bench):
 def measure_ray_overhead(bench) -> list[Row]:
     """Ray overhead: the demo grid through Ray and in-process"""
     import numpy as np
-    import ray
 
     from mer_ray import ray_train
     from mer_ray.members import list_member_files, read_member
@@ -63,7 +62,7 @@ def measure_ray_overhead(bench) -> list[Row]:
                                     pack_size=pack, log=quiet)
             finally:
                 if started:
-                    ray.shutdown()
+                    ray_train.disconnect()
         ray_s = time.perf_counter() - t0
         # The invariant behind the comparison: same members, same results.
         a = {m.member_id: m for m in map(read_member, list_member_files(f"{d}/local"))}
