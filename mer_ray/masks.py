@@ -128,18 +128,21 @@ class PackRandom:
         """[K, n] int32 random words (a fresh tensor)."""
         return hash32(self._table(n).view(1, -1) ^ self._base(step, stream))
 
-    def dropout_masks(self, step: int, p: float) -> list[torch.Tensor]:
-        """Scaled keep-masks (0 or 1/(1-p)) [K, B, w] for each encoder input, in
-        buffers reused every step."""
+    def dropout_masks(self, step: int, p: float, unscaled: int = 0) -> list[torch.Tensor]:
+        """Keep-masks [K, B, w] for each encoder input, in buffers reused every step:
+        0 or 1/(1-p) (inverted dropout), except the first `unscaled` ones, which are 0 or
+        1 for inputs that were scaled by 1/(1-p) beforehand (the trainer scales the
+        store's features once instead of every gathered batch: one pass less per step)."""
         thr, scale = dropout_threshold(p)
         k = len(self.keys)
         torch.bitwise_xor(self._table(self.n_words).view(1, -1),
                           self._base(step, DROPOUT), out=self.words)
         units = _hash_inplace(self.words, self.scratch).view(torch.int16).view(k, -1)
         at = 0
-        for w, out in zip(self.widths, self.masks):
+        for i, (w, out) in enumerate(zip(self.widths, self.masks)):
             torch.ge(units[:, at : at + self.batch * w].view(k, self.batch, w), thr, out=out)
-            out.mul_(scale)  # straight to float: no bool tensor to convert
+            if i >= unscaled:
+                out.mul_(scale)  # straight to float: no bool tensor to convert
             at += self.batch * w
         return self.masks
 

@@ -112,7 +112,8 @@ def _encoder(params, name, x, dropout_mask=None):
     if dropout_mask is not None:
         x = x * dropout_mask
     for i in range(ENCODER_DEPTH):
-        x = torch.relu(_linear(params, f"{name}.{i}", x))
+        # in place: baddbmm's backward needs its inputs, not its output (one buffer less)
+        x = _linear(params, f"{name}.{i}", x).relu_()
     return x
 
 

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from mer_ray import model as M
 from mer_ray.errors import InputError
 from mer_ray.folds import make_folds
-from mer_ray.masks import PackRandom, member_key
+from mer_ray.masks import PackRandom, dropout_threshold, member_key
 from mer_ray.members import MemberResult, SplitPredictions, mask_key, mask_sets, member_id
 from mer_ray.metrics import score
 from mer_ray.pack_adam import PackAdam, clip_per_member
@@ -125,6 +125,11 @@ class TrainData:
                 # trainer only reads features, so share them instead of copying 139 MB.
                 warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
                 self.x[m] = torch.from_numpy(arr).to(device)
+        # What training steps gather from: with dropout, the features scaled once by
+        # inverted dropout's 1/(1-p), so a step only zeroes the dropped units (masks.py).
+        self.dropout_scale = dropout_threshold(config.dropout)[1] if config.dropout > 0 else 1.0
+        self.x_train = {m: x * self.dropout_scale if config.dropout > 0 else x
+                        for m, x in self.x.items()}
         self.shape = M.ModelShape(tuple((m, int(self.x[m].shape[1])) for m in self.modalities),
                                   config.hidden_dim, self.dataset.n_classes,
                                   self.dataset.has_valence)
@@ -323,15 +328,15 @@ def train_pack(store, config, specs, device: str = "cpu", on_epoch=None, data=No
                 t = idx[s]
                 # index_select copies whole rows (about 2x faster here than x[t])
                 xs = {m: v.index_select(0, t.reshape(-1)).view(k, bs, -1)
-                      for m, v in data.x.items()}
+                      for m, v in data.x_train.items()}
                 if robust and noise_std is not None:
                     for i, m in enumerate(shape.modalities):
-                        if noise[m] > 0:
+                        if noise[m] > 0:  # x_train is scaled by dropout_scale: so is noise
                             xs[m].addcmul_(rand.normal(s, i, (bs, xs[m].shape[-1])),
-                                           noise_std[m], value=noise[m])
+                                           noise_std[m], value=noise[m] * data.dropout_scale)
                 dropout_masks = [None] * (n_mod + 1)
                 if config.dropout > 0:
-                    dropout_masks = rand.dropout_masks(s, config.dropout)
+                    dropout_masks = rand.dropout_masks(s, config.dropout, unscaled=n_mod)
                     # the gathered rows are this step's own copies: drop inputs in place
                     for m, keep in zip(shape.modalities, dropout_masks):
                         xs[m].mul_(keep)
