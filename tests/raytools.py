@@ -15,6 +15,25 @@ def fast_config(**changes):
     return get_preset("robust_v3").replace(**{**fast, **changes})
 
 
+def capture_torch_trainer(monkeypatch) -> dict:
+    """Replace Ray's TorchTrainer by one that records its keyword arguments and trains
+    nothing, so a test sees what mer-ray hands to Train without starting Ray."""
+    import pytest
+
+    ray_torch = pytest.importorskip("ray.train.torch")
+    seen: dict = {}
+
+    class FakeTrainer:
+        def __init__(self, *args, **kw):
+            seen.update(kw)
+
+        def fit(self):
+            return None
+
+    monkeypatch.setattr(ray_torch, "TorchTrainer", FakeTrainer)
+    return seen
+
+
 def set_args():
     return [a for s in FAST for a in ("--set", s)]
 

@@ -90,6 +90,7 @@ def test_import_is_light():
     assert out.stdout.split() == ["False", "False", "False"]
 
 
+@pytest.mark.slow
 def test_micro_profile_reports_every_figure(tmp_path, capsys):
     path = tmp_path / "bench.json"
     profile = B.PROFILES["micro"]

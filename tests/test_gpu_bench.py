@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu.py"
 FIGURE_KEYS = {"pack_member_epoch_ms", "single_member_epoch_ms", "pack_speedup",
@@ -17,6 +19,7 @@ TIMINGS = {"pack_member_epoch_ms", "single_member_epoch_ms", "fp32_member_epoch_
            "tf32_member_epoch_ms", "bf16_member_epoch_ms", "grid_s"}
 
 
+@pytest.mark.slow
 def test_tiny_cpu_run_writes_every_figure(tmp_path):
     out = tmp_path / "out"
     done = subprocess.run([sys.executable, str(SCRIPT), "--cpu", "--tiny", "--ray",

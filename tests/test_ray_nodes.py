@@ -50,6 +50,7 @@ def settled_count(run, quiet_s=10, timeout=120):
     return count
 
 
+@pytest.mark.slow
 def test_worker_node_removed_mid_run(store, tmp_path):
     """Two nodes; the one holding a worker goes away mid-run. Ray Train restarts the
     worker group on the node left; every member ends up saved exactly once."""
@@ -86,6 +87,7 @@ def test_worker_node_removed_mid_run(store, tmp_path):
         cluster.shutdown()
 
 
+@pytest.mark.slow
 def test_killed_driver_resumes_with_only_missing_members(store, tmp_path):
     run = str(tmp_path / "run")
     cmd = [sys.executable, "-m", "mer_ray.cli", "train", "--store", store, "--out", run,

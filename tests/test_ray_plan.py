@@ -7,6 +7,7 @@ import pytest
 
 from mer_ray.errors import InputError
 from mer_ray.ray_train import Plan, plan_workers
+from raytools import capture_torch_trainer
 
 
 def node(gpus=0, cpus=16):
@@ -89,20 +90,9 @@ def test_every_plan_fits_its_cluster():
 def test_train_with_ray_uses_gloo(monkeypatch, tmp_path):
     """Workers never use the process group; NCCL (Train's default with GPUs) does not
     support several ranks on one GPU, so the TorchTrainer always asks for gloo."""
-    ray_torch = pytest.importorskip("ray.train.torch")
     from mer_ray import ray_train
     from mer_ray.presets import get_preset
-
-    seen = {}
-
-    class FakeTrainer:
-        def __init__(self, *args, **kw):
-            seen.update(kw)
-
-        def fit(self):
-            return None
-
-    monkeypatch.setattr(ray_torch, "TorchTrainer", FakeTrainer)
+    seen = capture_torch_trainer(monkeypatch)
     config = get_preset("robust_v3").replace(epochs=1)
     plan = plan_workers(None, 1 / 3, 3, node(1))
     assert ray_train.train_with_ray("store", config, [0], str(tmp_path / "run"), plan,

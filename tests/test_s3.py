@@ -59,6 +59,7 @@ def s3(tmp_path_factory):
                 os.environ[k] = v
 
 
+@pytest.mark.slow
 def test_import_upload_train_score_report_predict_on_s3(s3, tmp_path, capsys):
     import pyarrow.fs as pafs
 

@@ -16,7 +16,7 @@ import pytest
 
 from mer_ray.cli import main
 from mer_ray.members import existing_member_ids, list_member_files, read_member
-from raytools import assert_curves, set_args, tiny_store
+from raytools import assert_curves, capture_torch_trainer, set_args, tiny_store
 
 ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = 8
@@ -192,20 +192,9 @@ def test_status_of_a_folder_that_is_no_run_is_one_line(tmp_path, capsys):
 
 
 def test_train_with_ray_hands_log_every_and_tensorboard_to_the_workers(monkeypatch, tmp_path):
-    ray_torch = pytest.importorskip("ray.train.torch")
     from mer_ray import ray_train
     from mer_ray.presets import get_preset
-
-    seen = {}
-
-    class FakeTrainer:
-        def __init__(self, *args, **kw):
-            seen.update(kw)
-
-        def fit(self):
-            return None
-
-    monkeypatch.setattr(ray_torch, "TorchTrainer", FakeTrainer)
+    seen = capture_torch_trainer(monkeypatch)
     plan = ray_train.Plan(1, 1, {"CPU": 1.0})
     assert ray_train.train_with_ray("store", get_preset("robust_v3"), [0], str(tmp_path / "r"),
                                     plan, log=lambda *a: None, log_every=3,
