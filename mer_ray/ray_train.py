@@ -44,7 +44,7 @@ from dataclasses import dataclass
 
 from mer_ray.errors import InputError
 from mer_ray.run import (absolute, missing, pending_specs, read_config_members, record_run,
-                         train_members)
+                         setting_label, train_members, value_text)
 
 DASHBOARD_HOST = "127.0.0.1"
 DASHBOARD_PORT = 8265
@@ -315,25 +315,6 @@ def train_with_ray(store_path: str, config, seeds, run: str, plan: Plan,
     return len(todo)
 
 
-def setting_label(config) -> str:
-    """`robust_v3 warmup=40`: the preset, the warmup and each other field that differs
-    from the preset. It names a Tune trial and its Train run the same on every start."""
-    from mer_ray.presets import TrainConfig, get_preset
-
-    try:
-        preset = get_preset(config.preset).to_dict()
-    except InputError:  # a custom preset name: compare with the base defaults
-        preset = TrainConfig().to_dict()
-    fields = {"warmup": config.warmup}
-    fields.update((k, v) for k, v in config.to_dict().items()
-                  if k not in ("preset", "warmup") and v != preset.get(k))
-    return " ".join([config.preset] + [f"{k}={_text(v)}" for k, v in fields.items()])
-
-
-def _text(value) -> str:
-    return "none" if value is None else str(value)
-
-
 def _path_name(label: str) -> str:
     """A label as one safe path component, short enough for Tune's nested paths."""
     import hashlib
@@ -438,8 +419,8 @@ def _grid_name(config, settings: list[dict]) -> str:
     values: dict[str, list[str]] = {}
     for setting in settings:
         for field, value in setting.items():
-            if _text(value) not in values.setdefault(field, []):
-                values[field].append(_text(value))
+            if value_text(value) not in values.setdefault(field, []):
+                values[field].append(value_text(value))
     words = [config.preset] + [f"{k}={','.join(v)}" for k, v in values.items()]
     return "tune-" + _path_name(" ".join(words))
 

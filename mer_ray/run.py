@@ -50,7 +50,23 @@ def pending_specs(run, config, specs) -> list[tuple[int, int]]:
 
 
 def setting_label(config) -> str:
-    return f"{config.preset} warmup={config.warmup}"
+    """`robust_v3 warmup=40`: the preset, the warmup and each other field that differs
+    from the preset. It names a Tune trial and its Train run the same on every start, and
+    the same setting in the console, the progress files and `mer-ray status`."""
+    from mer_ray.presets import TrainConfig, get_preset
+
+    try:
+        preset = get_preset(config.preset).to_dict()
+    except InputError:  # a custom preset name: compare with the base defaults
+        preset = TrainConfig().to_dict()
+    fields = {"warmup": config.warmup}
+    fields.update((k, v) for k, v in config.to_dict().items()
+                  if k not in ("preset", "warmup") and v != preset.get(k))
+    return " ".join([config.preset] + [f"{k}={value_text(v)}" for k, v in fields.items()])
+
+
+def value_text(value) -> str:
+    return "none" if value is None else str(value)
 
 
 def missing(run, config, seeds, log=print):

@@ -24,7 +24,7 @@ import time
 from mer_ray.errors import InputError
 from mer_ray.members import existing_member_ids, member_id, member_meta, member_path
 from mer_ray.progress import eta_text, read_progress
-from mer_ray.run import all_specs, read_run
+from mer_ray.run import all_specs, read_run, setting_label
 
 STALE_MIN_S = 300.0
 STALE_EPOCHS = 10
@@ -77,7 +77,6 @@ def _member_view(meta: dict) -> dict:
 def run_status(run, now: float | None = None) -> dict:
     """Everything `mer-ray status` shows, as plain data (its --json output)."""
     from mer_ray.presets import TrainConfig
-    from mer_ray.ray_train import setting_label  # imports no Ray
 
     now = time.time() if now is None else now
     info = read_run(run)
