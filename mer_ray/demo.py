@@ -118,9 +118,10 @@ def ensemble_summary(run: str) -> str:
                f"{100 / max(n_test, 1):.1f} points)" if rows else "")
             + f", and groups trained on the same synthetic task differing little, the uniform "
             f"mean {'beats' if beat else 'does not beat'} the best single group on cv here. At "
-            "full scale (docs/ensembles.md: 45 members, 3,373 train samples) the uniform mean "
-            "measured above the best single group on cv and test2, and greedy at least as "
-            "good as the mean on cv.")
+            "full scale (docs/recipes.md: 60 members of four recipes, 3,373 train samples) the "
+            "uniform mean measured 0.9 points of F1 above the best single group on cv and on "
+            "test2; greedy's cv is fitted on those same oof predictions, and its test2 fell "
+            "below the mean's.")
     out = [head, "-" * len(head),
            line(f"uniform mean of logits, {g} groups", mean.scores),
            line(f"greedy, oof-selected ({chosen} of {g} groups)", greedy.scores),

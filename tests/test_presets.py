@@ -86,3 +86,17 @@ def test_new_fields_at_their_defaults_leave_member_ids_as_they_were():
     assert member_id(v3.to_dict(), 1, 2) == member_id(old, 1, 2)
     assert member_id(v3.replace(contrastive_weight=0.1).to_dict(), 1, 2) != \
         member_id(v3.to_dict(), 1, 2)
+
+
+def test_robust_v4_is_robust_v3_with_the_searched_trial_it_documents():
+    """robust_v4 is trial 3 of `mer-ray search --trials 8` (search seed 0) on MER2023's
+    modalities, as docs/recipes.md measured it; a change to the search space or its
+    draws must show up here (and send someone to re-measure) instead of silently
+    leaving the preset's provenance false."""
+    from mer_ray.search import draw_settings
+
+    trial3 = draw_settings(8, 0, modalities=("audio", "text", "video"))[2]
+    v3_with_trial3 = get_preset("robust_v3").replace(preset="robust_v4", **trial3)
+    assert get_preset("robust_v4").to_dict() == v3_with_trial3.to_dict()
+    assert member_id(get_preset("robust_v4").to_dict(), 0, 0).startswith("robust_v4-w50-")
+    assert member_id(get_preset("robust_v3").to_dict(), 2, 1) == "robust_v3-w30-f2-s1-b7e82581dfd9"
