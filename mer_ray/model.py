@@ -105,7 +105,13 @@ class PackOutput(NamedTuple):
 
 
 def _linear(params, name, x):
-    return torch.baddbmm(params[f"{name}.b"], x, params[f"{name}.W"])
+    weight, bias = params[f"{name}.W"], params[f"{name}.b"]
+    if weight.shape[-1] == 1:
+        # A one-wide output (the valence head) as a multiply and a sum: baddbmm rounds it
+        # differently for one member than for several (a matrix-vector path), which made
+        # a member's run depend on the size of its pack.
+        return (x * weight.transpose(1, 2)).sum(-1, keepdim=True) + bias
+    return torch.baddbmm(bias, x, weight)
 
 
 def _encoder(params, name, x, dropout_mask=None):

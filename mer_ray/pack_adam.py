@@ -12,6 +12,12 @@ from torch.optim.adam import adam
 
 BETAS = (0.9, 0.999)
 EPS = 1e-8
+# On CPU the fused kernel runs a vector loop and a scalar tail that round differently. A
+# weight whose per-member size is a multiple of ALIGN (a multiple of every CPU vector
+# loop's stride) puts each member's elements in the vector loop in any slice of the pack;
+# the others (the biases of the 3-, 6- and 1-wide heads) are stepped one member at a
+# time there, or a member's update would depend on where its pack ends.
+ALIGN = 64
 
 
 class PackAdam:
@@ -46,6 +52,9 @@ class PackAdam:
         lrs = self.lr.tolist()
         names = [n for n, p in self.params.items() if p.grad is not None]
         dev = self.params[names[0]].device
+        cpu = dev.type == "cpu"  # on a GPU every element runs the same code (see ALIGN)
+        aligned = [n for n in names if not cpu or self.params[n][0].numel() % ALIGN == 0]
+        ragged = [n for n in names if n not in aligned]
         i = 0
         while i < k:
             if not active[i]:
@@ -54,18 +63,26 @@ class PackAdam:
             j = i + 1
             while j < k and active[j] and lrs[j] == lrs[i] and self.count[j] == self.count[i]:
                 j += 1
-            # The kernel reads (and increments) one step tensor per weight; torch.full
-            # makes them without a host-to-device copy on a GPU.
-            steps = torch.full((len(names),), float(self.count[i]), device=dev).unbind()
-            adam([self.params[n].detach()[i:j] for n in names],
-                 [self.params[n].grad[i:j] for n in names],
-                 [self.m[n][i:j] for n in names], [self.v[n][i:j] for n in names], [],
-                 list(steps), fused=True, amsgrad=False, beta1=self.betas[0],
-                 beta2=self.betas[1], lr=lrs[i], weight_decay=self.wd, eps=self.eps,
-                 maximize=False)
+            self._adam(aligned, i, j, lrs[i], dev)
+            for x in range(i, j):  # see ALIGN
+                self._adam(ragged, x, x + 1, lrs[i], dev)
             for x in range(i, j):
                 self.count[x] += 1
             i = j
+
+    def _adam(self, names, i, j, lr, dev):
+        """One fused Adam call over members [i, j) of the named weights."""
+        if not names:
+            return
+        # The kernel reads (and increments) one step tensor per weight; torch.full
+        # makes them without a host-to-device copy on a GPU.
+        steps = torch.full((len(names),), float(self.count[i]), device=dev).unbind()
+        adam([self.params[n].detach()[i:j] for n in names],
+             [self.params[n].grad[i:j] for n in names],
+             [self.m[n][i:j] for n in names], [self.v[n][i:j] for n in names], [],
+             list(steps), fused=True, amsgrad=False, beta1=self.betas[0],
+             beta2=self.betas[1], lr=lr, weight_decay=self.wd, eps=self.eps,
+             maximize=False)
 
     def select(self, keep: torch.Tensor, params: dict):
         self.params = params
@@ -81,10 +98,13 @@ def clip_per_member(params: dict, max_norm: float) -> torch.Tensor:
     """Scale each member's gradients by min(1, max_norm / (its global norm + 1e-6))."""
     grads = [p.grad for p in params.values() if p.grad is not None]
     k = grads[0].shape[0]
-    # one [n_weights, K] stack instead of a pow and an add per weight (K = 1 is mostly
-    # small-op overhead)
-    per_weight = torch.stack([torch.linalg.vector_norm(g.reshape(k, -1), dim=1) for g in grads])
-    norm = per_weight.square().sum(0).sqrt()
+    # one [K, n_weights] stack instead of a pow and an add per weight (K = 1 is mostly
+    # small-op overhead). Summed along its contiguous last dim: a sum over dim 0 of
+    # [n_weights, K] adds in a K-dependent order, so a member's clip (and from there its
+    # whole run) changed in the last bits with the size of its pack.
+    per_weight = torch.stack([torch.linalg.vector_norm(g.reshape(k, -1), dim=1) for g in grads],
+                             dim=1)
+    norm = per_weight.square().sum(1).sqrt()
     coef = (max_norm / (norm + 1e-6)).clamp(max=1.0)
     torch._foreach_mul_(grads, [coef.view((k,) + (1,) * (g.dim() - 1)) for g in grads])
     return norm

@@ -303,13 +303,16 @@ class Predictor:
         with torch.no_grad():
             for start in range(0, n, CHUNK):
                 end = min(n, start + CHUNK)
-                xs = {mod: torch.from_numpy(arrays[key][start:end]).to(device).expand(k, -1, -1)
+                xs = {mod: torch.from_numpy(arrays[key][start:end]).to(device).unsqueeze(0)
                       for mod, key in zip(shape.modalities, keys)}
-                mask = torch.from_numpy(keep[start:end]).to(device).expand(k, -1, -1)
-                out = M.forward(params, xs, mask if (keep[start:end] < 1).any() else None)
-                logits[:, start:end] = out.logits.float().cpu().numpy()
-                if valence is not None:
-                    valence[:, start:end] = out.valence.float().cpu().numpy()
+                mask = torch.from_numpy(keep[start:end]).to(device).unsqueeze(0)
+                mask = mask if (keep[start:end] < 1).any() else None
+                for i in range(k):  # one member at a time, as training evaluates (the
+                    # pack's batched matmuls round differently): the stored logits exactly
+                    out = M.forward({name: w[i : i + 1] for name, w in params.items()}, xs, mask)
+                    logits[i, start:end] = out.logits[0].float().cpu().numpy()
+                    if valence is not None:
+                        valence[i, start:end] = out.valence[0].float().cpu().numpy()
         return [(logits[i], None if valence is None else valence[i]) for i in range(k)]
 
 

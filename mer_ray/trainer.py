@@ -7,8 +7,9 @@ check this trainer against it step by step. Here the same thing runs for a whole
 Each member owns a torch.Generator seeded from (seed, fold) for its init and its shuffle
 order, and a key for the counter-based generator (mer_ray.masks) that draws its dropout
 masks, modality-dropout masks and feature noise. Neither depends on which other members
-share its pack, so a member's result does not either (up to float rounding of the
-batched matmuls).
+share its pack, so a member's result does not either: on CPU bit for bit (where a
+batched kernel rounds by pack size, the code says so and works around it; a last-bit
+difference grows over a full run into a different member). On a GPU to float rounding.
 
 Batches: each member walks its own permutation of its training rows in batches of
 `batch_size`; the pack runs max-over-members steps per epoch, short batches are padded
@@ -202,6 +203,14 @@ def predict_pack(params: dict, x: dict, rows: list[np.ndarray], mask=None):
     """Eval-mode predictions of each member k on rows[k] (numpy indices into x's rows).
     mask: None or a length-M keep vector applied to every row.
     Returns [(logits [n_k, C], valence [n_k] or None)] as numpy."""
+    if len(rows) > 1 and next(iter(params.values())).device.type == "cpu":
+        # On CPU one member at a time (views, no copies): batched matmuls round a narrow
+        # head's output (the 6 emotion logits) differently for some pack sizes, so a
+        # member's evaluation, and the best epoch chosen from it, would depend on its
+        # pack. Same FLOPs, once per epoch. On a GPU the pack stays batched (K times the
+        # kernel launches would cost more than the evaluation).
+        return [predict_pack({n: p[i : i + 1] for n, p in params.items()}, x, [r], mask)[0]
+                for i, r in enumerate(rows)]
     k = len(rows)
     n_max = max(len(r) for r in rows)
     out_l = [[] for _ in range(k)]
