@@ -203,14 +203,6 @@ def predict_pack(params: dict, x: dict, rows: list[np.ndarray], mask=None):
     """Eval-mode predictions of each member k on rows[k] (numpy indices into x's rows).
     mask: None or a length-M keep vector applied to every row.
     Returns [(logits [n_k, C], valence [n_k] or None)] as numpy."""
-    if len(rows) > 1 and next(iter(params.values())).device.type == "cpu":
-        # On CPU one member at a time (views, no copies): batched matmuls round a narrow
-        # head's output (the 6 emotion logits) differently for some pack sizes, so a
-        # member's evaluation, and the best epoch chosen from it, would depend on its
-        # pack. Same FLOPs, once per epoch. On a GPU the pack stays batched (K times the
-        # kernel launches would cost more than the evaluation).
-        return [predict_pack({n: p[i : i + 1] for n, p in params.items()}, x, [r], mask)[0]
-                for i, r in enumerate(rows)]
     k = len(rows)
     n_max = max(len(r) for r in rows)
     out_l = [[] for _ in range(k)]
@@ -235,11 +227,25 @@ def predict_pack(params: dict, x: dict, rows: list[np.ndarray], mask=None):
         if mask is not None:
             modality_mask = torch.as_tensor(mask, dtype=torch.float32, device=dev).expand(
                 k, idx.shape[1], len(x))
-        out = M.forward(params, xs, modality_mask)
+        if k > 1 and dev.type == "cpu":
+            # On CPU one member at a time (views of the same rows, no copies): batched
+            # matmuls round a narrow head's output (the 6 emotion logits) differently for
+            # some pack sizes, so a member's evaluation, and the best epoch chosen from
+            # it, would depend on its pack. Same FLOPs. On a GPU the pack stays batched
+            # (K times the kernel launches would cost more than the evaluation).
+            outs = [M.forward({n: p[i : i + 1] for n, p in params.items()},
+                              {m: v[i : i + 1] for m, v in xs.items()},
+                              None if modality_mask is None else modality_mask[i : i + 1])
+                    for i in range(k)]
+            logits = torch.cat([o.logits for o in outs])
+            valence = None if outs[0].valence is None else torch.cat([o.valence for o in outs])
+        else:
+            out = M.forward(params, xs, modality_mask)
+            logits, valence = out.logits, out.valence
         for i, n in enumerate(lens):
-            out_l[i].append(out.logits[i, :n].float().cpu().numpy())
-            if out.valence is not None:
-                out_v[i].append(out.valence[i, :n].float().cpu().numpy())
+            out_l[i].append(logits[i, :n].float().cpu().numpy())
+            if valence is not None:
+                out_v[i].append(valence[i, :n].float().cpu().numpy())
     return [(np.concatenate(a), np.concatenate(b) if b else None) for a, b in zip(out_l, out_v)]
 
 
