@@ -17,7 +17,8 @@ STRATEGY_CHOICES = ("mean", "prob", "weighted", "greedy")
 def cmd_score(args):
     from ensembles.score import score_runs
 
-    text, out = score_runs(args.runs, strategy=args.strategy, where=args.where, out=args.out)
+    text, out = score_runs(args.runs, strategy=args.strategy, where=args.where, out=args.out,
+                           prior_shift=args.prior_shift, prior_splits=args.prior_split)
     print(text)
     print(f"\nwrote scores.json, predictions.parquet and a submission_<split>.csv per test "
           f"split to {out}")
@@ -27,7 +28,8 @@ def cmd_report(args):
     from ensembles.report import build_report
 
     text, out = build_report(args.run, out=args.out, store=args.store,
-                             strategy=args.strategy, where=args.where)
+                             strategy=args.strategy, where=args.where,
+                             prior_shift=args.prior_shift, prior_splits=args.prior_split)
     print(text)
     print(f"\nwrote report.html and its figures to {out}")
 
@@ -40,6 +42,15 @@ def _common(p):
     p.add_argument("--where", default=None, metavar="EXPR",
                    help="keep only members matching EXPR over config fields, seed and fold, "
                    "e.g. \"warmup in (30,40) and seed != 2\"")
+    p.add_argument("--prior-shift", choices=("none", "em"), default="none",
+                   help="em: move the ensemble's test predictions to each split's class "
+                   "prior as estimated by EM from its probabilities (Saerens et al. 2002) "
+                   "before the argmax; default none (the estimate is printed either way "
+                   "for unlabelled splits)")
+    p.add_argument("--prior-split", action="append", default=None, metavar="SPLIT",
+                   help="estimate (and with --prior-shift em, apply) the prior of this "
+                   "test split only (repeatable; default: unlabelled splits, or every test "
+                   "split with --prior-shift em)")
 
 
 def register(subparsers) -> None:

@@ -291,7 +291,7 @@ CSS = ("body{font-family:sans-serif;max-width:1250px;margin:2em auto;color:#222}
 
 
 def report_html(run: str, ev: Evaluation, pngs: dict[str, bytes], masked: dict,
-                shift: dict | None, notes: list[str]) -> str:
+                shift: dict | None, notes: list[str], priors=()) -> str:
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>mer-ray report: "
              f"{html.escape(run)}</title><style>{CSS}</style></head><body>",
              f"<h1>mer-ray report</h1><p>run <code>{html.escape(run)}</code>: "
@@ -303,6 +303,9 @@ def report_html(run: str, ev: Evaluation, pngs: dict[str, bytes], masked: dict,
                                ev.group_scores[ev.best])]
     for w, (e, s) in ev.warmups.items():
         parts.append(_score_table_html(f"warmup {w} ({len(e.groups)} groups)", s))
+    if priors:
+        parts += ["<h2>Class prior of the test splits</h2>",
+                  "<pre>" + html.escape("\n".join(priors)) + "</pre>"]
     parts += ["<h2>Confusion matrices</h2>", _img("confusion", pngs["confusion.png"]),
               "<h2>Per-class F1</h2>", _img("per-class F1", pngs["per_class_f1.png"]),
               "<h2>F1 against warmup</h2>", _img("warmup", pngs["warmup_f1.png"]),
@@ -355,9 +358,10 @@ def load_store_for(run: str, store_arg: str | None, content_hash: str | None):
 
 
 def build_report(run: str, out: str | None = None, store: str | None = None,
-                 strategy: str = "mean", where: str | None = None) -> tuple[str, str]:
+                 strategy: str = "mean", where: str | None = None,
+                 prior_shift: str = "none", prior_splits=None) -> tuple[str, str]:
     """Compute, render and write the report; returns (printed text, output folder)."""
-    from ensembles.score import default_out
+    from ensembles.score import default_out, prior_shifts, prior_text
 
     run = str(run)
     out = default_out([run], out, REPORT_DIR)
@@ -367,6 +371,8 @@ def build_report(run: str, out: str | None = None, store: str | None = None,
     members = load_members([run], where, warn=warnings.append)
     st, note = load_store_for(run, store, members[0].store.get("content_hash"))
     ev = evaluate(members, strategy)
+    shifts = prior_shifts(ev, prior_shift, prior_splits)
+    priors = prior_text(ev, shifts)
     masked = robustness.masked_scores(ev.ensemble, ev.dataset)
     used = {m: f["feature"] for m, f in (members[0].store.get("features") or {}).items()}
     shift = robustness.feature_shift(st, used) if st is not None else None
@@ -379,9 +385,9 @@ def build_report(run: str, out: str | None = None, store: str | None = None,
         "ensemble_size.png": size_png(ev),
         "robustness.png": robustness_png(masked, shift),
     }
-    page = report_html(run, ev, pngs, masked, shift, notes)
+    page = report_html(run, ev, pngs, masked, shift, notes, priors)
     written = write_outputs(out, {**pngs, "report.html": page.encode()})
-    text = [format_evaluation(ev), "modalities masked at inference:",
+    text = [format_evaluation(ev), *priors, "modalities masked at inference:",
             robustness.format_masked(masked)]
     if shift:
         text += ["feature shift from train (mean shift, spread ratio, domain-classifier AUC):",

@@ -103,6 +103,58 @@ def _warmup_order(w: str):
     return (0, v, "") if isinstance(v, (int, float)) else (1, 0, str(v))
 
 
+PRIOR_SHIFTS = ("none", "em")
+
+
+def prior_shifts(ev: Evaluation, prior_shift: str = "none", splits=None) -> dict:
+    """The EM estimate of each test split's class prior (ensembles.prior), from the
+    ensemble's probabilities, beside train's (the out-of-fold labels'). Estimated for the
+    splits named, else for every unlabelled split (and, with prior_shift="em", every
+    test split; one with too few samples is then skipped, with a note). With "em" the
+    ensemble's predictions of those splits are moved to their estimated prior (logits
+    become log-probabilities, so argmax, softmax and the submission follow) and the
+    labelled ones re-scored. Returns {split: PriorShift}."""
+    from ensembles.prior import MIN_SAMPLES, class_prior, estimate_prior
+
+    if prior_shift not in PRIOR_SHIFTS:
+        raise InputError(f"--prior-shift {prior_shift!r}: choose one of "
+                         f"{', '.join(PRIOR_SHIFTS)}")
+    have = ev.test_splits
+    for name in splits or ():
+        if name not in have:
+            raise InputError(f"--prior-split {name}: not in the run's predictions (its test "
+                             f"splits: {', '.join(have) or 'none'})")
+    wanted = list(splits) if splits else [
+        x for x in have if prior_shift == "em" or x in ev.dataset.unlabelled_splits]
+    train = class_prior(ev.ensemble.predictions[OOF].label, len(ev.classes))
+    shifts = {}
+    for split in wanted:
+        pred = ev.ensemble.predictions[split]
+        if len(pred.names) < MIN_SAMPLES and not splits:
+            ev.ensemble.notes.append(f"{split}: {len(pred.names)} samples, too few to "
+                                     "estimate its class prior; left as it is")
+            continue
+        shift = estimate_prior(softmax(pred.logits), train, f"split {split}")
+        shifts[split] = shift
+        if prior_shift == "em":
+            pred.logits = np.log(np.clip(shift.probabilities, 1e-12, None))
+    if prior_shift == "em" and shifts:
+        ev.scores = score_splits(ev.ensemble.predictions, ev.dataset)
+        ev.ensemble.notes.append("--prior-shift em: the ensemble's predictions of "
+                                 f"{', '.join(shifts)} are moved to each split's estimated "
+                                 "class prior (the per-warmup and single-group tables are not)")
+    return shifts
+
+
+def prior_text(ev: Evaluation, shifts: dict) -> list[str]:
+    from ensembles.prior import prior_lines
+
+    lines = []
+    for split, shift in shifts.items():
+        lines += prior_lines(shift, ev.classes, f"{split} ({len(shift.probabilities)} samples)")
+    return lines
+
+
 def format_evaluation(ev: Evaluation) -> str:
     g = ev.groups
     blocks = [
@@ -124,10 +176,14 @@ def format_evaluation(ev: Evaluation) -> str:
     return "\n\n".join(blocks)
 
 
-def scores_json(ev: Evaluation, runs: list[str], where: str | None) -> dict:
+def scores_json(ev: Evaluation, runs: list[str], where: str | None,
+                shifts: dict | None = None, prior_shift: str = "none") -> dict:
     weights = ev.ensemble.weights
     best = ev.groups[ev.best]
     return {
+        "class_prior": {split: {"train": sh.train.tolist(), "estimate": sh.estimate.tolist(),
+                                "l1": sh.l1, "applied": prior_shift == "em"}
+                        for split, sh in (shifts or {}).items()},
         "format": "mer-ray-ensemble/1",
         "strategy": ev.strategy,
         "runs": runs,
@@ -211,11 +267,13 @@ def submission_name(split: str) -> str:
     return f"submission_{split}.csv"
 
 
-def render_outputs(ev: Evaluation, runs: list[str], where: str | None) -> dict[str, bytes]:
+def render_outputs(ev: Evaluation, runs: list[str], where: str | None,
+                   shifts: dict | None = None, prior_shift: str = "none") -> dict[str, bytes]:
     sink = pa.BufferOutputStream()
     pq.write_table(predictions_table(ev.ensemble, ev.classes), sink, compression="zstd")
     files = {
-        "scores.json": (json.dumps(scores_json(ev, runs, where), indent=1) + "\n").encode(),
+        "scores.json": (json.dumps(scores_json(ev, runs, where, shifts, prior_shift),
+                                   indent=1) + "\n").encode(),
         "predictions.parquet": sink.getvalue().to_pybytes(),
     }
     for split in ev.test_splits:
@@ -237,16 +295,19 @@ def default_out(runs: list[str], out: str | None, sub: str) -> str:
 
 
 def score_runs(runs, strategy: str = "mean", where: str | None = None,
-               out: str | None = None) -> tuple[str, str]:
-    """Load, score and write; returns (printed text, output folder)."""
+               out: str | None = None, prior_shift: str = "none",
+               prior_splits=None) -> tuple[str, str]:
+    """Load, score and write; returns (printed text, output folder). `prior_shift` and
+    `prior_splits`: see prior_shifts."""
     runs = [str(r) for r in ([runs] if isinstance(runs, str) else runs)]
     out = default_out(runs, out, ENSEMBLE_DIR)
     check_out(out)
     warnings = []
     ev = evaluate(load_members(runs, where, warn=warnings.append), strategy)
-    files = render_outputs(ev, runs, where)
+    shifts = prior_shifts(ev, prior_shift, prior_splits)
+    files = render_outputs(ev, runs, where, shifts, prior_shift)
     written = write_outputs(out, files)
-    text = format_evaluation(ev)
+    text = "\n".join([format_evaluation(ev), *prior_text(ev, shifts)])
     if warnings:
         text += "\n" + "\n".join(f"warning: {w}" for w in warnings)
     return text, written

@@ -16,15 +16,19 @@ from mer_ray.errors import InputError, StorageError
 
 
 def cmd_synth(args):
-    from mer_ray.data.synth import split_counts, synthesize
+    from mer_ray.data.synth import TRUTH_CSV, planned_counts, synthesize
 
+    counts, extra = planned_counts(args.scale, args.dataset, args.pool, args.test_prior)
     out = synthesize(args.out, seed=args.seed, scale=args.scale, overwrite=args.overwrite,
-                     progress=not args.quiet, dataset=args.dataset)
-    counts = split_counts(args.scale, args.dataset)
+                     progress=not args.quiet, dataset=args.dataset, pool=args.pool,
+                     test_prior=args.test_prior)
     print(f"wrote synthetic {args.dataset} (seed {args.seed}, scale {args.scale}) to {out}")
     print(f"{'split':<7}{'count':>7}  per class")
-    for s, row in counts.items():
+    for s, row in {**counts, **extra}.items():
         print(f"{s:<7}{sum(row):>7}  {row}")
+    if (out / TRUTH_CSV).exists():
+        print(f"the true classes of the unlabelled samples: {out / TRUTH_CSV} (for scoring "
+              "what a user could not; not a label file)")
 
 
 def cmd_import(args):
@@ -37,7 +41,7 @@ def cmd_import(args):
         progress=not args.quiet, classes=args.classes.split(",") if args.classes else None,
         candidates=args.candidates, unlabelled_split=args.unlabelled_split,
         unlabelled=args.unlabelled, keep_unlabelled=not args.drop_unlabelled,
-        dataset_name=args.dataset_name,
+        dataset_name=args.dataset_name, pool_split=args.pool_split,
     )
     print(f"wrote feature store {out}")
     print(summary_table(read_manifest(out)))
@@ -197,6 +201,56 @@ def cmd_search(args):
           "the trials on out-of-fold predictions too)")
 
 
+def _selection(args) -> dict:
+    """The self-training flags as the pseudo_* fields of rounds >= 1 (checked by the
+    fields' own rules)."""
+    from mer_ray.presets import check_field
+
+    chosen = {"pseudo_threshold": args.threshold, "pseudo_top_k": args.top_k,
+              "pseudo_agreement": args.agreement, "pseudo_weight": args.pseudo_weight,
+              "pseudo_targets": "soft" if args.soft else "hard",
+              "pseudo_teachers": args.teachers, "pseudo_prior": args.cap_prior,
+              "pseudo_source": "pool+test" if args.transductive else "pool"}
+    chosen["pseudo_cap"] = None if str(args.cap).lower() in ("none", "off") else args.cap
+    flags = {"pseudo_threshold": "--threshold", "pseudo_top_k": "--top-k",
+             "pseudo_agreement": "--agreement", "pseudo_weight": "--pseudo-weight",
+             "pseudo_cap": "--cap"}
+    out = {}
+    for name, value in chosen.items():
+        if name == "pseudo_cap" and value is not None:
+            try:
+                value = float(value)
+            except ValueError:
+                raise InputError(f"--cap {args.cap!r}: expected a factor in [1, 100] or none") \
+                    from None
+        try:
+            out[name] = check_field(name, value)
+        except InputError as e:
+            raise InputError(f"{flags.get(name, name)}: {e}") from None
+    return out
+
+
+def cmd_selftrain(args):
+    from mer_ray.progress import use_bar
+    from mer_ray.run import absolute
+    from mer_ray.selftrain import Training, selftrain
+
+    _check_flags(args)
+    args.store, args.out = absolute(args.store), absolute(args.out)
+    config = _recipe(args)
+    settings = _grid(args)
+    for s in settings:
+        config.replace(**s)  # a bad grid value fails here
+    training = Training(no_ray=args.no_ray, device=_device(args.device) if args.no_ray
+                        else "cpu", workers=args.workers, gpus_per_worker=args.gpus_per_worker,
+                        pack_size=args.pack_size, log_every=args.log_every,
+                        tensorboard=args.tensorboard, tune_verbose=args.tune_verbose,
+                        bar=args.no_ray and use_bar())
+    selftrain(args.store, args.out, config, settings, args.seeds, args.rounds,
+              _selection(args), training, overwrite=args.overwrite, address=args.address,
+              all_rounds=args.all_rounds)
+
+
 def cmd_status(args):
     import json
 
@@ -246,6 +300,13 @@ def cmd_predict(args):
         store = read_store(args.store, verify=True)
         pred = predictor.predict_store(store, args.split, progress=not args.quiet)
         source = f"store {args.store} split {args.split or store.dataset.test_splits[0]}"
+    shift = None
+    from ensembles.prior import MIN_SAMPLES, prior_lines
+
+    if args.prior_shift == "em" or len(pred.names) >= MIN_SAMPLES:
+        shift = predictor.prior_shift(pred, args.prior_shift == "em", f"--out {args.out}'s "
+                                      "samples")
+        pred.prior = shift
     t1 = time.perf_counter()
     written = write_outputs(args.out, output_files(pred, predictor, source))
     writing = time.perf_counter() - t1
@@ -256,6 +317,11 @@ def cmd_predict(args):
           f"{pred.seconds['reading']:.1f} s, model {pred.seconds['model']:.1f} s, writing "
           f"{writing:.1f} s")
     counts = {c: pred.labels.count(c) for c in pred.classes}
+    if shift is not None:
+        print("\n".join(prior_lines(shift, pred.classes, f"the {len(pred.names)} samples")))
+        if args.prior_shift == "em":
+            print("--prior-shift em: the probabilities were moved to this estimate before "
+                  "the argmax")
     print("predicted classes: " + ", ".join(f"{c} {n}" for c, n in counts.items()))
     print(f"wrote submission.csv, predictions.parquet, member_logits.parquet, summary.json "
           f"to {written}")
@@ -281,6 +347,7 @@ def _add_train_args(t, name: str) -> None:
     if name == "tune":
         t.add_argument("--warmup", type=int, nargs="+", default=[30, 40, 50],
                        help="warmup grid (default 30 40 50)")
+    if name in ("tune", "selftrain"):
         t.add_argument("--grid", action="append", default=[], metavar="FIELD=V1,V2",
                        help="another field to grid over, e.g. --grid dropout=0.3,0.4")
     t.add_argument("--workers", type=int, default=None,
@@ -311,6 +378,49 @@ def _add_train_args(t, name: str) -> None:
     t.add_argument("--device", default=None, help="--no-ray only: cpu or cuda")
 
 
+def _add_selftrain_parser(sub) -> None:
+    sl = sub.add_parser(
+        "selftrain", help="self-training rounds on the store's unlabelled pool",
+        description="Round 0 trains the recipe (or grid) as `train` / `tune` do (a run that "
+        "already holds those members is round 0 as it is). In each round r >= 1, round "
+        "r-1's members of fold f label the store's pool (every seed of them), the samples "
+        "selected join the training rows of round r's students of fold f, and those "
+        "students train. Held-out folds, early stopping, LR plateaus and the round chosen "
+        "stay on real labels only. Stops after --rounds or at the first round whose "
+        "out-of-fold score does not improve.")
+    _add_train_args(sl, "selftrain")
+    sl.add_argument("--rounds", type=int, default=3,
+                    help="self-training rounds after round 0 (default 3)")
+    sl.add_argument("--all-rounds", action="store_true",
+                    help="train every round even where the out-of-fold score did not "
+                    "improve (to see them all; the round chosen is still the best on cv)")
+    sl.add_argument("--threshold", type=float, default=0.9,
+                    help="select samples whose class the teachers give at least this mean "
+                    "probability (default 0.9)")
+    sl.add_argument("--top-k", type=int, default=None, metavar="K",
+                    help="instead of --threshold: the K most confident samples of each class")
+    sl.add_argument("--agreement", type=float, default=0.0, metavar="SHARE",
+                    help="also require this share of the teachers to give the same class "
+                    "(default 0: off; 1: all)")
+    sl.add_argument("--cap", default="1.5", metavar="FACTOR",
+                    help="no class fills more than FACTOR x its prior share of the "
+                    "selection (default 1.5; none: no cap)")
+    sl.add_argument("--cap-prior", choices=("train", "em"), default="train",
+                    help="the prior the caps use: train's (default) or the pool's, estimated "
+                    "by EM from the teachers' probabilities")
+    sl.add_argument("--pseudo-weight", type=float, default=1.0,
+                    help="loss weight of a pseudo-labelled row (a labelled row's is 1)")
+    sl.add_argument("--soft", action="store_true",
+                    help="learn the teachers' mean probabilities (default: their class)")
+    sl.add_argument("--transductive", action="store_true",
+                    help="label the unlabelled test split(s) too, not only the pool")
+    sl.add_argument("--teachers", choices=("fold", "all"), default="fold",
+                    help="fold (default): a student learns from its own fold's teachers "
+                    "only, so out-of-fold scores stay honest; all: every member (inflates "
+                    "the out-of-fold score; for measuring that)")
+    sl.set_defaults(func=cmd_selftrain)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mer-ray",
@@ -327,13 +437,24 @@ def build_parser() -> argparse.ArgumentParser:
                         "dataset's label files: mer2023 (labels.csv with MER2023's split "
                         "sizes, class counts, feature names and dims), mer2024 (no valence, "
                         "an unlabelled test set: track1_train_disdim.csv + "
-                        "track_all_candidates.csv) or toy4 (4 classes, small dims).")
+                        "track_all_candidates.csv), mer2025 (the same files, 20,000 "
+                        "candidates and a pool of 20,000 more unlabelled samples) or toy4 "
+                        "(4 classes, small dims). The true classes of whatever is handed out "
+                        "unlabelled go to DIR/truth.csv.")
     s.add_argument("--out", required=True, help="folder to create")
-    s.add_argument("--dataset", default="mer2023", choices=("mer2023", "mer2024", "toy4"),
+    s.add_argument("--dataset", default="mer2023",
+                   choices=("mer2023", "mer2024", "mer2025", "toy4"),
                    help="which dataset's shape (default mer2023)")
     s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     s.add_argument("--scale", type=float, default=1.0,
                    help="fraction of the dataset's sample counts, for quick runs (default 1.0)")
+    s.add_argument("--pool", type=int, default=None, metavar="N",
+                   help="N unlabelled pool samples from the same task with train's class "
+                   "prior (feature files only; import with --pool-split pool). Default: "
+                   "mer2025's 20,000 x --scale, none for the others")
+    s.add_argument("--test-prior", default=None, metavar="P1,P2,...",
+                   help="the class prior of the unlabelled test split (one share per class, "
+                   "summing to 1; its size stays): a prior shift between train and test")
     s.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_synth)
@@ -362,6 +483,11 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--unlabelled-split", default="unlabelled", metavar="NAME",
                    help="split name for samples with features but no label (default "
                    "unlabelled)")
+    i.add_argument("--pool-split", default=None, metavar="NAME",
+                   help="keep the samples with features but no label that are not "
+                   "candidates as this split, an unlabelled pool for `mer-ray selftrain` "
+                   "(never predicted or scored); without --candidates, every unlabelled "
+                   "sample goes there instead of the unlabelled split")
     i.add_argument("--unlabelled", action="append", default=[], metavar="SPLIT",
                    help="treat this labelled-looking split as unlabelled (placeholder labels)")
     i.add_argument("--drop-unlabelled", action="store_true",
@@ -403,6 +529,7 @@ def build_parser() -> argparse.ArgumentParser:
         "mer_ray/search.py), train each as one seed's folds through Ray Tune (FIFO: whole "
         "trials always finish), and rank them by their out-of-fold score only; test splits "
         "are shown as held out. The same --search-seed draws the same trials (resume).")
+    _add_selftrain_parser(sub)
     _add_train_args(se, "search")
     se.add_argument("--trials", type=int, default=8, help="recipes to draw (default 8)")
     se.add_argument("--search-seed", type=int, default=0, help="seed of the draws (default 0)")
@@ -431,6 +558,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--where", default=None, metavar="EXPR",
                     help="keep only members matching EXPR, as for `ensemble score`")
     pr.add_argument("--device", default=None, help="cpu (default) or cuda")
+    pr.add_argument("--prior-shift", choices=("none", "em"), default="none",
+                    help="em: move the ensemble's probabilities to the samples' class prior "
+                    "as estimated by EM (Saerens et al. 2002) before the argmax; default "
+                    "none (the estimate is printed either way, from 50 samples on)")
     pr.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     pr.add_argument("--quiet", action="store_true", help="no progress bars")
     pr.set_defaults(func=cmd_predict)

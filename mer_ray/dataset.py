@@ -10,7 +10,10 @@ A split has a role:
 - ``train``: the one split that is cross-validated and trained on;
 - ``test``: labelled test split, predicted by every member and scored;
 - ``unlabelled``: handed out without labels (the live MER challenges' test sets):
-  predicted, written to a submission, never scored.
+  predicted, written to a submission, never scored;
+- ``pool``: unlabelled samples that are not to be submitted (the live challenges' large
+  unlabelled pools): never predicted by a member, only labelled by `mer-ray selftrain`'s
+  teachers for the next round's students.
 
 and says whether it has valence labels. The model gets a valence head (and the
 combined metric F1 - 0.25 MSE) only when the train split has valence; datasets
@@ -24,7 +27,7 @@ from dataclasses import dataclass
 
 from mer_ray.errors import InputError
 
-ROLES = ("train", "test", "unlabelled")
+ROLES = ("train", "test", "unlabelled", "pool")
 TRAIN = "train"
 # Modalities the model knows; a dataset has one or more of them.
 MODALITIES = ("audio", "text", "video")
@@ -40,7 +43,7 @@ class Split:
 
     @property
     def labelled(self) -> bool:
-        return self.role != "unlabelled"
+        return self.role not in ("unlabelled", "pool")
 
 
 @dataclass(frozen=True)
@@ -69,8 +72,8 @@ class Dataset:
             if not _SPLIT_NAME.match(s.name) or s.name == "oof":
                 raise InputError(f"{where}: split name {s.name!r} is not usable (letters, "
                                  "digits, '_', '-', '.'; not 'oof')")
-            if s.role == "unlabelled" and s.valence:
-                raise InputError(f"{where}: unlabelled split {s.name!r} cannot have valence")
+            if not s.labelled and s.valence:
+                raise InputError(f"{where}: {s.role} split {s.name!r} cannot have valence")
         trains = [s for s in self.splits if s.role == "train"]
         if len(trains) != 1 or trains[0].name != TRAIN:
             raise InputError(f"{where}: needs exactly one training split named {TRAIN!r}, "
@@ -89,7 +92,7 @@ class Dataset:
     @property
     def test_splits(self) -> tuple[str, ...]:
         """Every split a member predicts besides its held-out fold, labelled or not."""
-        return tuple(s.name for s in self.splits if s.role != "train")
+        return tuple(s.name for s in self.splits if s.role in ("test", "unlabelled"))
 
     @property
     def scored_splits(self) -> tuple[str, ...]:
@@ -98,6 +101,10 @@ class Dataset:
     @property
     def unlabelled_splits(self) -> tuple[str, ...]:
         return tuple(s.name for s in self.splits if s.role == "unlabelled")
+
+    @property
+    def pool_splits(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.splits if s.role == "pool")
 
     def split(self, name: str) -> Split:
         for s in self.splits:

@@ -28,7 +28,8 @@ The Parquet file has one row per predicted sample:
 
 and the schema metadata key `mer_ray.member` holds JSON: member_id, config, fold, seed,
 best_epoch, epochs_run, metrics, history, classes, dataset, model, store (content hash,
-features used), status, stop_reason, weights (file name and SHA-256).
+features used), status, stop_reason, weights (file name and SHA-256) and, for a
+self-training student, pseudo (where its pseudo-labels came from: mer_ray.pseudo).
 
 Only pyarrow and numpy here: the `ensembles` package reads these files without torch.
 Locations are local paths or pyarrow filesystem URIs (s3://, gs://, file://).
@@ -118,6 +119,9 @@ class MemberResult:
     weights: dict | None = None  # best-epoch pack-layout weights (in memory only)
     weights_sha256: str | None = None
     path: str | None = None  # where it was read from / written to
+    # a self-training student's pseudo-labels: file, sha256, round, teacher_fold,
+    # teachers (member ids), rows (mer_ray.pseudo); None for a member without
+    pseudo: dict | None = None
 
     @property
     def description(self) -> Dataset:
@@ -138,6 +142,7 @@ class MemberResult:
             "store": self.store, "status": self.status, "stop_reason": self.stop_reason,
             "weights": ({"file": self.member_id + WEIGHTS, "sha256": self.weights_sha256}
                         if self.weights_sha256 else None),
+            **({"pseudo": self.pseudo} if self.pseudo is not None else {}),
         }
 
 
@@ -341,6 +346,7 @@ def read_member(location: str) -> MemberResult:
             store=meta["store"], predictions=predictions, dataset=dataset,
             model=meta.get("model", {}), status=status, stop_reason=meta.get("stop_reason"),
             weights_sha256=weights.get("sha256"), path=str(location),
+            pseudo=meta.get("pseudo"),
         )
     except InputError:
         raise

@@ -50,6 +50,7 @@ class Prediction:
     member_valence: dict = field(default_factory=dict)  # member id -> [n]
     zeroed: dict = field(default_factory=dict)  # modality -> samples zeroed (missing="zero")
     seconds: dict = field(default_factory=dict)  # reading, model, ...
+    prior: object = None  # ensembles.prior.PriorShift, where estimated
 
 
 @dataclass
@@ -84,12 +85,7 @@ class Predictor:
              device: str = "cpu") -> "Predictor":
         """The members of `runs` that `where` keeps, weighted like `ensemble score
         --strategy`."""
-        from ensembles.groups import group_members, make_groups
         from ensembles.load import load_members
-        from ensembles.strategies import STRATEGIES, combine
-        from mer_ray.model import ModelShape
-        from mer_ray.reference import from_state_dict
-        from mer_ray.weights import read_weights
 
         runs = [runs] if isinstance(runs, (str, os.PathLike)) else list(runs)
         members = load_members([str(r) for r in runs], where)
@@ -99,6 +95,18 @@ class Predictor:
                 f"{lacking[0].path}: no weights file beside it ({len(lacking)} of "
                 f"{len(members)} member(s) lack one): this run predates kept weights (or they "
                 "were deleted), so it cannot predict; retrain it with `mer-ray train` / `tune`")
+        return cls.from_members(members, strategy, device, ", ".join(map(str, runs)))
+
+    @classmethod
+    def from_members(cls, members, strategy: str = "mean", device: str = "cpu",
+                     run: str = "") -> "Predictor":
+        """Members already read (MemberResults with their weights beside them)."""
+        from ensembles.groups import group_members, make_groups
+        from ensembles.strategies import STRATEGIES, combine
+        from mer_ray.model import ModelShape
+        from mer_ray.reference import from_state_dict
+        from mer_ray.weights import read_weights
+
         if strategy not in STRATEGIES:
             raise InputError(f"--strategy {strategy!r}: choose one of {', '.join(STRATEGIES)}")
         if strategy in ("weighted", "greedy"):  # fitted on the stored oof predictions
@@ -113,7 +121,31 @@ class Predictor:
             state, _ = read_weights(weights_path(m.path), m.weights_sha256)
             shape = ModelShape.from_dict(m.model)
             loaded.append(_Loaded(m, shape, from_state_dict(state, shape)))
-        return cls(members, loaded, weights, strategy, device, ", ".join(map(str, runs)))
+        return cls(members, loaded, weights, strategy, device, run)
+
+    def train_prior(self) -> np.ndarray:
+        """The class shares of the members' training labels (their held-out folds
+        together cover the train split once per group)."""
+        from ensembles.prior import class_prior
+
+        labels = {}
+        for m in self.members:
+            oof = m.predictions.get("oof")
+            if oof is not None:
+                labels.update(zip(map(str, oof.names), np.asarray(oof.label).tolist()))
+        return class_prior(list(labels.values()), len(self.classes))
+
+    def prior_shift(self, pred: "Prediction", apply: bool, what: str):
+        """The EM estimate of the predicted samples' class prior (ensembles.prior); with
+        `apply`, the prediction moved to it (probabilities, logits, labels)."""
+        from ensembles.prior import estimate_prior
+
+        shift = estimate_prior(pred.probabilities, self.train_prior(), what)
+        if apply:
+            pred.probabilities = shift.probabilities
+            pred.logits = np.log(np.clip(shift.probabilities, 1e-12, None))
+            pred.labels = [self.classes[i] for i in shift.probabilities.argmax(1)]
+        return shift
 
     # ------------------------------------------------------------ inputs
     def needed(self) -> dict[str, list[str]]:
@@ -238,18 +270,11 @@ class Predictor:
 
     # ------------------------------------------------------------ the models
     def _predict(self, names, arrays, present, progress) -> Prediction:
-        from tqdm import tqdm
-
         from ensembles.groups import group_members
         from ensembles.strategies import _mix_logits, _mix_valence, softmax
 
         t0 = time.perf_counter()
-        member_out = {}
-        packs = self._packs()
-        for pack in tqdm(packs, desc="members", unit="pack", file=sys.stderr,
-                         disable=not progress or len(packs) < 2):
-            for item, out in zip(pack, self._run_pack(pack, arrays, present)):
-                member_out[item.member.member_id] = out  # (logits, valence)
+        member_out = self.member_outputs(arrays, present, progress)
         seconds_model = time.perf_counter() - t0
         # the ensemble: fold members of each group averaged, then the groups weighted
         group_logits, group_valence, weights = [], [], []
@@ -274,6 +299,21 @@ class Predictor:
             member_logits={k: v[0] for k, v in member_out.items()},
             member_valence={k: v[1] for k, v in member_out.items() if v[1] is not None},
             zeroed=zeroed, seconds={"model": seconds_model})
+
+    def member_outputs(self, arrays, present=None, progress: bool = False) -> dict:
+        """member id -> (logits [n, C], valence [n] or None) of every member on `arrays`
+        ({(modality, feature): [n, D]}); `present` as in _predict (None: all present)."""
+        from tqdm import tqdm
+
+        if present is None:
+            present = {key: np.ones(len(x), bool) for key, x in arrays.items()}
+        member_out = {}
+        packs = self._packs()
+        for pack in tqdm(packs, desc="members", unit="pack", file=sys.stderr,
+                         disable=not progress or len(packs) < 2):
+            for item, out in zip(pack, self._run_pack(pack, arrays, present)):
+                member_out[item.member.member_id] = out  # (logits, valence)
+        return member_out
 
     def _packs(self) -> list[list[_Loaded]]:
         by_kind: dict[tuple, list[_Loaded]] = {}
@@ -360,6 +400,10 @@ def output_files(pred: Prediction, predictor: Predictor, source: str) -> dict[st
                "runs": predictor.run, "source": source, "classes": pred.classes,
                "zeroed": pred.zeroed, "seconds": pred.seconds,
                "group_weights": predictor.group_weights}
+    if pred.prior is not None:
+        summary["class_prior"] = {"train": pred.prior.train.tolist(),
+                                  "estimate": pred.prior.estimate.tolist(),
+                                  "l1": pred.prior.l1}
     buf = io.BytesIO(json.dumps(summary, indent=1).encode())
     return {
         "submission.csv": submission_csv(sub, pred.classes),

@@ -18,6 +18,11 @@ from mer_ray.errors import InputError
 
 MODALITY_FIELDS = ("audio", "text", "video")
 PRECISIONS = ("fp32", "tf32", "bf16")
+CLASS_WEIGHTS = ("none", "balanced")
+PSEUDO_TARGETS = ("hard", "soft")
+PSEUDO_TEACHERS = ("fold", "all")
+PSEUDO_PRIORS = ("train", "em")
+PSEUDO_SOURCES = ("pool", "pool+test")
 
 
 @dataclass(frozen=True)
@@ -107,6 +112,45 @@ class TrainConfig:
     # (autocast; fp32 master weights and Adam state)
     precision: str = field(default="fp32", metadata=rule(
         str, lambda v: v in PRECISIONS, f"one of {', '.join(PRECISIONS)}"))
+    # class weights in the cross-entropy: none, or balanced (n / (C x n_c) over each
+    # member's own labelled training rows, scikit-learn's "balanced")
+    class_weights: str = field(default="none", metadata=rule(
+        str, lambda v: v in CLASS_WEIGHTS, f"one of {', '.join(CLASS_WEIGHTS)}"))
+    # Self-training (`mer-ray selftrain`, mer_ray.pseudo): round 0 is the recipe without
+    # pseudo-labels; in round r >= 1, round r-1's members label the store's pool and
+    # the samples selected join every student's training rows (never a held-out row).
+    pseudo_round: int = field(default=0, metadata=rule(
+        int, lambda v: 0 <= v <= 100, "a round in [0, 100]"))
+    # a sample is selected where the teachers' mean probability of its class reaches this
+    pseudo_threshold: float = field(default=0.9, metadata=rule(
+        float, lambda v: 0 < v <= 1, "a probability in (0, 1]"))
+    # or: the k most confident samples of each class (none: use pseudo_threshold)
+    pseudo_top_k: int | None = field(default=None, metadata=rule(
+        int, lambda v: 1 <= v <= 10_000_000, "an integer in [1, 10000000] (or none)", True))
+    # the share of teachers whose own class must be the mean's (0: off, 1: all agree)
+    pseudo_agreement: float = field(default=0.0, metadata=rule(
+        float, lambda v: 0 <= v <= 1, "a share in [0, 1]"))
+    # a class may fill at most cap x its prior share of the selection (none: no cap)
+    pseudo_cap: float | None = field(default=1.5, metadata=rule(
+        float, lambda v: 1 <= v <= 100, "a factor in [1, 100] (or none)", True))
+    # the prior the caps use: train's, or the pool's estimated by EM from the teachers
+    pseudo_prior: str = field(default="train", metadata=rule(
+        str, lambda v: v in PSEUDO_PRIORS, f"one of {', '.join(PSEUDO_PRIORS)}"))
+    # a selected sample's loss weight (a real row's is 1)
+    pseudo_weight: float = field(default=1.0, metadata=rule(
+        float, lambda v: 0 < v <= 10, "a weight in (0, 10]"))
+    # hard (the class) or soft (the teachers' mean probabilities) targets
+    pseudo_targets: str = field(default="hard", metadata=rule(
+        str, lambda v: v in PSEUDO_TARGETS, f"one of {', '.join(PSEUDO_TARGETS)}"))
+    # fold: a student of fold f learns from round r-1's fold-f members only, which never
+    # saw fold f's held-out rows; all: every member (leaks those rows' labels into the
+    # student's out-of-fold score: for measuring that, never for a submission)
+    pseudo_teachers: str = field(default="fold", metadata=rule(
+        str, lambda v: v in PSEUDO_TEACHERS, f"one of {', '.join(PSEUDO_TEACHERS)}"))
+    # what is labelled: the pool split(s), or also the unlabelled test split(s)
+    # (transductive)
+    pseudo_source: str = field(default="pool", metadata=rule(
+        str, lambda v: v in PSEUDO_SOURCES, f"one of {', '.join(PSEUDO_SOURCES)}"))
 
     def __post_init__(self):
         for f in dataclasses.fields(TrainConfig):
@@ -131,6 +175,11 @@ class TrainConfig:
         return getattr(self, f"{modality}_feature")
 
 
+# The self-training fields: a round-0 member has them all at their defaults, so its id
+# is the plain recipe's (an existing run is round 0 as it is).
+PSEUDO_FIELDS = ("pseudo_round", "pseudo_threshold", "pseudo_top_k", "pseudo_agreement",
+                 "pseudo_cap", "pseudo_prior", "pseudo_weight", "pseudo_targets",
+                 "pseudo_teachers", "pseudo_source")
 # Field -> Rule, from the base class (a preset subclass that changes a default keeps it).
 RULES: dict[str, Rule] = {f.name: f.metadata["rule"] for f in dataclasses.fields(TrainConfig)}
 # Fields added after the first member-file format. Where a config has its default for
@@ -141,7 +190,7 @@ ADDED_FIELDS = {
         "modality_dropout_audio", "modality_dropout_text", "modality_dropout_video",
         "feature_noise_audio", "feature_noise_text", "feature_noise_video",
         "contrastive_weight", "contrastive_temperature", "audio_feature", "text_feature",
-        "video_feature", "precision")
+        "video_feature", "precision", "class_weights", *PSEUDO_FIELDS)
 }
 
 

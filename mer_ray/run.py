@@ -146,6 +146,11 @@ def train_members(store, config, specs, run, pack_size: int = 10, device: str = 
     written = []
     packs = [specs[i : i + pack_size] for i in range(0, len(specs), pack_size)]
     data = TrainData(store, config, device) if packs else None
+    pseudo = None
+    if packs and config.pseudo_round > 0:  # a self-training round: its pseudo-labels
+        from mer_ray.pseudo import read_labels
+
+        pseudo = read_labels(run, config, store)
     cfg = config.to_dict()
     for n, pack in enumerate(packs, 1):
         t0 = time.perf_counter()
@@ -160,7 +165,8 @@ def train_members(store, config, specs, run, pack_size: int = 10, device: str = 
         try:
             try:
                 results = train_pack(store, config, pack, device=device, data=data,
-                                     on_epoch=lambda p, every=every: [c(p) for c in every])
+                                     on_epoch=lambda p, every=every: [c(p) for c in every],
+                                     pseudo=pseudo)
             finally:
                 for c in consumers[:-1]:  # the console and the curves: done
                     c.close()

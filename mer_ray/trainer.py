@@ -147,10 +147,12 @@ class TrainData:
 
 # ---------------------------------------------------------------- per-member state
 class _Member:
-    def __init__(self, fold, seed, train_idx, val_idx, config):
+    def __init__(self, fold, seed, train_idx, val_idx, config, pseudo=None):
         self.fold, self.seed = fold, seed
         self.id = member_id(config.to_dict(), fold, seed)
         self.train_idx, self.val_idx = train_idx, val_idx
+        # pseudo-labelled rows (mer_ray.pseudo.FoldLabels), never held out
+        self.pseudo = pseudo
         self.g = member_generator(seed, fold)  # init and shuffles
         self.best = -math.inf
         self.best_epoch = -1
@@ -178,24 +180,67 @@ class EpochProgress:
     pack_size: int  # members in the pack at the start
 
 
-def _epoch_plan(live, bs: int):
-    """Draw each member's shuffle for the epoch and lay out its batches: idx [S, K, bs]
-    row indices (0-padded), weight [S, K, bs] (1 for a real row), active [S, K] (the member
-    has rows in that step). S is the largest member's number of batches."""
+@dataclass
+class EpochPlan:
+    """An epoch's batches for the live members, [S, K, bs] each (S: the largest member's
+    number of batches; short batches are padded with weight-0 rows)."""
+
+    idx: np.ndarray  # store row of each batch row (0 where padded)
+    target: np.ndarray  # class each row learns: its label, or its pseudo-label
+    weight: np.ndarray  # its loss weight: 1 (or its class weight) for a labelled row,
+    #                     pseudo_weight for a pseudo-labelled one, 0 for padding
+    labelled: np.ndarray  # 1 for a labelled row (the valence loss uses only those)
+    soft: np.ndarray | None  # [S, K, bs, C] soft targets of pseudo rows (soft targets)
+
+    @property
+    def active(self) -> np.ndarray:
+        """[S, K]: the member has rows in that step."""
+        return self.weight.any(axis=2)
+
+
+def _epoch_plan(live, bs: int, labels: np.ndarray, soft: bool = False,
+                pseudo_weight: float = 1.0) -> EpochPlan:
+    """Draw each member's shuffle of its rows for the epoch (its labelled training rows,
+    then its pseudo-labelled ones, in one permutation) and lay out its batches."""
+    orders, rows, targets, weights, soft_targets = [], [], [], [], []
     for m in live:
-        m.perm = m.train_idx[torch.randperm(len(m.train_idx), generator=m.g).numpy()]
-    steps = max(math.ceil(len(m.train_idx) / bs) for m in live)
-    idx = np.zeros((steps, len(live), bs), dtype=np.int64)
-    weight = np.zeros((steps, len(live), bs), dtype=np.float32)
-    for i, m in enumerate(live):
-        n = len(m.perm)
-        flat_idx = np.zeros(steps * bs, dtype=np.int64)
-        flat_idx[:n] = m.perm
-        idx[:, i] = flat_idx.reshape(steps, bs)
-        flat_w = np.zeros(steps * bs, dtype=np.float32)
-        flat_w[:n] = 1
-        weight[:, i] = flat_w.reshape(steps, bs)
-    return idx, weight, weight.any(axis=2)
+        n_real = len(m.train_idx)
+        n_pseudo = 0 if m.pseudo is None else len(m.pseudo.rows)
+        order = torch.randperm(n_real + n_pseudo, generator=m.g).numpy()
+        all_rows, all_targets = m.train_idx, labels[m.train_idx]
+        all_weights = (np.ones(n_real, np.float32) if m.class_weight is None
+                       else m.class_weight[all_targets])
+        if n_pseudo:
+            all_rows = np.concatenate([all_rows, m.pseudo.rows])
+            all_targets = np.concatenate([all_targets, m.pseudo.classes])
+            all_weights = np.concatenate(
+                [all_weights, np.full(n_pseudo, pseudo_weight, np.float32)])
+        m.perm = all_rows[order]
+        orders.append(order)
+        rows.append(m.perm)
+        targets.append(all_targets[order])
+        weights.append(all_weights[order])
+        if soft:
+            q = np.zeros((len(order), len(m.class_count)), np.float32)
+            if n_pseudo:
+                pseudo = order >= n_real
+                q[pseudo] = m.pseudo.probabilities[order[pseudo] - n_real]
+            soft_targets.append(q)
+    steps = max(math.ceil(len(r) / bs) for r in rows)
+
+    def lay_out(per_member, dtype):
+        tail = per_member[0].shape[1:]
+        out = np.zeros((steps, len(per_member), bs) + tail, dtype=dtype)
+        for i, values in enumerate(per_member):
+            flat = np.zeros((steps * bs,) + tail, dtype=dtype)
+            flat[: len(values)] = values
+            out[:, i] = flat.reshape((steps, bs) + tail)
+        return out
+
+    labelled = [o < len(m.train_idx) for o, m in zip(orders, live)]
+    return EpochPlan(lay_out(rows, np.int64), lay_out(targets, np.int64),
+                     lay_out(weights, np.float32), lay_out(labelled, np.float32),
+                     lay_out(soft_targets, np.float32) if soft else None)
 
 
 @torch.no_grad()
@@ -301,18 +346,40 @@ def feature_std(data: TrainData, members) -> dict:
     return out
 
 
-def train_pack(store, config, specs, device: str = "cpu", on_epoch=None, data=None
-               ) -> list[MemberResult]:
+def class_weights(labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """scikit-learn's "balanced" weights of these labels: n / (C x n_c) (0 where absent)."""
+    counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
+    weights = np.divide(len(labels), n_classes * counts, out=np.zeros(n_classes),
+                        where=counts > 0)
+    return weights.astype(np.float32)
+
+
+def train_pack(store, config, specs, device: str = "cpu", on_epoch=None, data=None,
+               pseudo=None) -> list[MemberResult]:
     """Train members (fold, seed) of one config together; returns their MemberResults
-    in the order of `specs`. `data` (TrainData) may be passed to share it between packs."""
+    in the order of `specs`. `data` (TrainData) may be passed to share it between packs.
+    `pseudo` (mer_ray.pseudo.PseudoLabels): the pseudo-labelled rows each fold's members
+    add to their training rows (a self-training round >= 1)."""
     keep_freed_memory()
     flush_denormals()
     device = torch.device(device)
     data = data or TrainData(store, config, device)
     shape = data.shape
+    if config.pseudo_round > 0 and pseudo is None:
+        raise InputError(f"pseudo_round={config.pseudo_round}: a self-training round needs "
+                         "the pseudo-labels of the round before; run it with `mer-ray "
+                         "selftrain`")
     folds = make_folds(store.emotion[data.train_rows], config.n_folds, config.fold_seed)
     members = [_Member(fold, seed, data.train_rows[folds[fold][0]],
-                       data.train_rows[folds[fold][1]], config) for fold, seed in specs]
+                       data.train_rows[folds[fold][1]], config,
+                       None if pseudo is None else pseudo.for_fold(fold))
+               for fold, seed in specs]
+    labels = np.maximum(store.emotion, 0)
+    for m in members:
+        m.class_count = np.bincount(labels[m.train_idx], minlength=shape.n_classes)
+        m.class_weight = (class_weights(labels[m.train_idx], shape.n_classes)
+                          if config.class_weights == "balanced" else None)
+    soft = config.pseudo_targets == "soft" and pseudo is not None
     try:
         params = M.stack([M.init_member(shape, m.g) for m in members])
         params = {n: p.to(device).requires_grad_(True) for n, p in params.items()}
@@ -333,8 +400,11 @@ def train_pack(store, config, specs, device: str = "cpu", on_epoch=None, data=No
         for epoch in range(config.epochs):
             t0 = time.perf_counter()
             k = len(live)
-            idx, weight, active = _epoch_plan(live, bs)
-            idx, weight = torch.from_numpy(idx).to(device), torch.from_numpy(weight).to(device)
+            plan = _epoch_plan(live, bs, labels, soft, config.pseudo_weight)
+            active = plan.active
+            idx, target, weight, labelled = (torch.from_numpy(a).to(device) for a in (
+                plan.idx, plan.target, plan.weight, plan.labelled))
+            soft_target = None if plan.soft is None else torch.from_numpy(plan.soft).to(device)
             robust = epoch >= config.warmup  # modality dropout and noise from the warmup on
             mod_drop = robust and any(p > 0 for p in drop_probs)
             rand.start_epoch(epoch)
@@ -362,10 +432,14 @@ def train_pack(store, config, specs, device: str = "cpu", on_epoch=None, data=No
                     out = M.forward(params, xs, modality_mask, dropout_masks)
                     logits = out.logits.float()
                     ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]),
-                                         data.emotion[t].reshape(-1), reduction="none")
-                    loss = (ce.view(k, bs) * w).sum(1) / w.sum(1).clamp(min=1)  # [K]
+                                         target[s].reshape(-1), reduction="none")
+                    if soft_target is not None:  # pseudo rows: their teachers' probabilities
+                        soft_ce = -(soft_target[s] * F.log_softmax(logits, -1)).sum(-1)
+                        ce = torch.where(labelled[s].reshape(-1) > 0, ce, soft_ce.reshape(-1))
+                    total = w.sum(1)
+                    loss = (ce.view(k, bs) * w).sum(1) / torch.where(total > 0, total, 1)  # [K]
                     if shape.valence:
-                        valence_rows = data.has_valence[t].float() * w
+                        valence_rows = data.has_valence[t].float() * labelled[s]
                         err = (out.valence.float() - data.valence[t]) ** 2
                         loss = loss + ((err * valence_rows).sum(1)
                                        / valence_rows.sum(1).clamp(min=1))
@@ -492,11 +566,13 @@ def _results(data: TrainData, config, members) -> list[MemberResult]:
                 member_id=m.id, config=cfg, fold=m.fold, seed=m.seed,
                 best_epoch=m.best_epoch, epochs_run=len(m.history), metrics=metrics,
                 history=m.history, predictions=predictions, stop_reason=m.stop_reason,
-                weights={n: p.cpu() for n, p in m.best_weights.items()}, **common)
+                weights={n: p.cpu() for n, p in m.best_weights.items()},
+                pseudo=None if m.pseudo is None else m.pseudo.source, **common)
     for m in members:
         if m.id not in out:  # never had a finite held-out metric
             out[m.id] = MemberResult(
                 member_id=m.id, config=cfg, fold=m.fold, seed=m.seed, best_epoch=-1,
                 epochs_run=len(m.history), metrics={}, history=m.history, predictions={},
-                status="failed", stop_reason=m.stop_reason or "no finite epoch", **common)
+                status="failed", stop_reason=m.stop_reason or "no finite epoch",
+                pseudo=None if m.pseudo is None else m.pseudo.source, **common)
     return [out[m.id] for m in members]

@@ -355,10 +355,13 @@ def import_mertools(
     unlabelled=(),
     keep_unlabelled: bool = True,
     dataset_name: str | None = None,
+    pool_split: str | None = None,
     log=None,
 ) -> str:
     """Read MERTools features + labels, validate everything, then write a store at out.
-    `unlabelled`: names of labelled-looking splits to treat as unlabelled."""
+    `unlabelled`: names of labelled-looking splits to treat as unlabelled. `pool_split`:
+    the feature files with no label that are not candidates become this split, role
+    pool (`mer-ray selftrain` labels it; never predicted or submitted)."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
     check_output_path(out, overwrite)
     feat_root = Path(features)
@@ -409,34 +412,50 @@ def import_mertools(
         valence.append(_valence(r) if s.valence else np.nan)
     labelled_names = set(names)
 
-    # feature files with no label row: an unlabelled split (or the candidates')
+    # feature files with no label row: an unlabelled split (or the candidates'), and
+    # with pool_split the rest as a pool
     cand = _candidates_rows(candidates) if candidates else None
-    if cand is not None or keep_unlabelled:
-        if unlabelled_split in order:
-            raise InputError(f"--unlabelled-split {unlabelled_split}: the labels already have "
-                             "a split of that name; choose another name")
+    for flag, name in (("--unlabelled-split", unlabelled_split), ("--pool-split", pool_split)):
+        if name is not None and name in order:
+            raise InputError(f"{flag} {name}: the labels already have a split of that name; "
+                             "choose another name")
+    if pool_split is not None and pool_split == unlabelled_split and cand is None:
+        raise InputError(f"--pool-split {pool_split}: the same name as --unlabelled-split; "
+                         "choose another name")
+    if cand is not None or keep_unlabelled or pool_split is not None:
         first = feat_root / next(iter(wanted.values()))[0]
         on_disk = sorted(e.name[:-4] for e in os.scandir(first) if e.name.endswith(".npy"))
+        pool = []
         if cand is not None:
             clash = [n for n in cand if n in labelled_names]
             if clash:
                 raise InputError(f"{candidates}: candidate {clash[0]} also has a label "
                                  f"({len(clash)} such); candidates are the unlabelled test set")
             extra = cand
-            dropped = len(set(on_disk) - labelled_names - set(cand))
-            if dropped:
-                log(f"note: {dropped} feature file(s) in {first} are neither labelled nor "
-                    "candidates; left out")
+            rest = sorted(set(on_disk) - labelled_names - set(cand))
+            if rest and pool_split is not None:
+                pool = rest
+            elif rest:
+                log(f"note: {len(rest)} feature file(s) in {first} are neither labelled nor "
+                    "candidates; left out (--pool-split NAME keeps them as a pool for "
+                    "`mer-ray selftrain`)")
+        elif pool_split is not None:
+            extra, pool = [], [n for n in on_disk if n not in labelled_names]
         else:
             extra = [n for n in on_disk if n not in labelled_names]
-        if extra:
-            splits.append(Split(unlabelled_split, "unlabelled", False))
-            names += extra
-            split_col += [unlabelled_split] * len(extra)
-            emotion += [NO_LABEL] * len(extra)
-            valence += [np.nan] * len(extra)
-            log(f"{len(extra)} sample(s) with features and no label: kept as unlabelled split "
-                f"{unlabelled_split!r} (predicted, never scored)")
+        for split_name, role, rows, what in (
+                (unlabelled_split, "unlabelled", extra, "(predicted, never scored)"),
+                (pool_split, "pool", pool, "(for `mer-ray selftrain`: never predicted or "
+                 "scored)")):
+            if not rows:
+                continue
+            splits.append(Split(split_name, role, False))
+            names += rows
+            split_col += [split_name] * len(rows)
+            emotion += [NO_LABEL] * len(rows)
+            valence += [np.nan] * len(rows)
+            log(f"{len(rows)} sample(s) with features and no label: kept as {role} split "
+                f"{split_name!r} {what}")
     elif not keep_unlabelled:
         first = feat_root / next(iter(wanted.values()))[0]
         extra = sum(1 for e in os.scandir(first)

@@ -52,6 +52,8 @@ NUISANCE = 8  # nuisance subspace (speaker, channel)
 # Per modality: class-signal strength
 STRENGTH = {"audio": 1.0, "text": 0.8, "video": 0.6}
 NOISE = 0.035
+POOL = "pool"  # the split of --pool's samples (role pool)
+TRUTH_CSV = "truth.csv"  # the true classes of what the store holds unlabelled
 VALENCE_AXIS = 0.7  # valence per unit of the first latent deviation
 # MERTools' raw label files for MER2024/2025 (train labels, test candidates)
 TRAIN_CSV, CANDIDATES_CSV = "track1_train_disdim.csv", "track_all_candidates.csv"
@@ -64,6 +66,10 @@ class SynthSpec:
     features: dict  # modality -> (feature name, dim)
     class_valence: tuple  # mean valence per class (drawn even where the dataset has none)
     noisy_split: str | None  # the MER-NOISE-like split
+    # newer datasets: the task (class means, feature bases) comes from a stream of its
+    # own, so a seed is the same task at any --scale (the first three keep their draws)
+    task_first: bool = False
+    pool: int = 0  # unlabelled pool samples at scale 1 (a split `pool`)
 
 
 SPECS = {
@@ -77,6 +83,15 @@ SPECS = {
         {"train": tuple(sum(c) for c in zip(*MER2023_COUNTS.values())),
          "test1": (246, 196, 174, 80, 104, 24)},
         MER2023_FEATURES, (0.0, -2.0, 2.0, -2.2, -1.5, 0.8), "test1"),
+    # MER2025 / MER2026 Track 1's shape: a few thousand labelled samples, 20,000
+    # candidates handed out unlabelled, and a larger unlabelled pool; no valence.
+    "mer2025": SynthSpec(
+        Dataset("MER2025", MER_CLASSES, (Split("train", "train"),
+                                         Split("test1", "unlabelled"))),
+        {"train": tuple(sum(c) for c in zip(*MER2023_COUNTS.values())),
+         "test1": (4962, 4803, 4127, 2903, 2449, 756)},  # train's prior (--test-prior)
+        MER2023_FEATURES, (0.0, -2.0, 2.0, -2.2, -1.5, 0.8), None, task_first=True,
+        pool=20_000),
     "toy4": SynthSpec(
         Dataset("toy4", ("calm", "joy", "anger", "fear"),
                 (Split("train", "train"), Split("test", "test"),
@@ -114,29 +129,31 @@ def _basis(rng, dim: int, k: int) -> np.ndarray:
     return q.astype(np.float32)  # orthonormal columns
 
 
-def generate(seed: int = 0, scale: float = 1.0, dataset: str = "mer2023") -> Synthetic:
-    """In-memory arrays of a synthetic dataset (module docstring)."""
-    if not (0 < scale <= 1.0):
-        raise InputError(f"--scale {scale}: expected a fraction in (0, 1]")
-    spec = spec_of(dataset)
-    splits = [s.name for s in spec.dataset.splits]
-    rng = np.random.default_rng(seed)
-    counts = split_counts(scale, dataset)
-    split, emotion = [], []
-    for s in splits:
-        for c, n in enumerate(counts[s]):
-            split += [s] * n
-            emotion += [c] * n
-    split = np.array(split)
-    emotion = np.array(emotion, dtype=np.int64)
-    # Shuffle within each split so names do not give the class away.
-    order = np.concatenate([rng.permutation(np.flatnonzero(split == s)) for s in splits])
-    split, emotion = split[order], emotion[order]
-    n = len(split)
-    names = np.array([f"sample_{i:08d}" for i in range(n)])
+class Task(NamedTuple):
+    """What a dataset's samples are drawn from: class means in the latent space, each
+    modality's signal and nuisance bases, and each modality's feature scale (the unit of
+    the noisy split's noise)."""
 
-    # Class means in the latent space: overlapping clusters.
+    means: np.ndarray  # [C, LATENT]
+    bases: dict  # modality -> (w_sig [D, LATENT], w_nui [D, NUISANCE])
+    scale: dict  # modality -> std of the clean features
+
+
+def _task(rng, spec: SynthSpec) -> Task:
     means = rng.standard_normal((spec.dataset.n_classes, LATENT)) * 0.55
+    bases = {m: (_basis(rng, spec.features[m][1], LATENT),
+                 _basis(rng, spec.features[m][1], NUISANCE)) for m in MODALITIES}
+    return Task(means, bases, {})
+
+
+def _draw(rng, spec: SynthSpec, emotion, noisy, task: Task | None = None):
+    """Features and valence of samples of the given classes (noisy where `noisy`), from
+    `task`, or from a task drawn here, in the stream order the first generator used (so
+    MER2023, MER2024 and toy4 stay what they always were). Returns (features, valence,
+    task)."""
+    n = len(emotion)
+    means = task.means if task is not None else \
+        rng.standard_normal((spec.dataset.n_classes, LATENT)) * 0.55
     deviation = rng.standard_normal((n, LATENT))
     z = means[emotion] + deviation
     nuisance = rng.standard_normal((n, NUISANCE)) * 1.5
@@ -145,49 +162,197 @@ def generate(seed: int = 0, scale: float = 1.0, dataset: str = "mer2023") -> Syn
     valence = (np.asarray(spec.class_valence)[emotion] + VALENCE_AXIS * deviation[:, 0]
                + rng.standard_normal(n) * 0.3)
     valence = np.clip(valence, -5.0, 4.25).astype(np.float32)
-    for s in spec.dataset.splits:
-        if not s.valence:
-            valence[split == s.name] = np.nan
-
-    features = {}
-    noisy = split == spec.noisy_split
+    features, bases, scale = {}, {}, {}
     for m in MODALITIES:
         dim = spec.features[m][1]
-        w_sig, w_nui = _basis(rng, dim, LATENT), _basis(rng, dim, NUISANCE)
+        if task is not None:
+            w_sig, w_nui = task.bases[m]
+        else:
+            w_sig, w_nui = _basis(rng, dim, LATENT), _basis(rng, dim, NUISANCE)
+        bases[m] = (w_sig, w_nui)
         # Each modality sees its own noisy view of the shared latent.
         view = STRENGTH[m] * z + rng.standard_normal((n, LATENT)) * (1.2 - STRENGTH[m])
         x = view @ w_sig.T + nuisance @ w_nui.T
         x = x / np.sqrt(LATENT + NUISANCE)
         x += rng.standard_normal((n, dim)).astype(np.float32) * NOISE
+        scale[m] = task.scale[m] if task is not None and m in task.scale else x[~noisy].std()
         if noisy.any():
             lo, hi = (0.1, 0.4) if m == "text" else (0.5, 0.95)
             severity = rng.uniform(lo, hi, size=(int(noisy.sum()), 1))
-            noise = rng.standard_normal((int(noisy.sum()), dim)) * x[~noisy].std()
+            noise = rng.standard_normal((int(noisy.sum()), dim)) * scale[m]
             x[noisy] = (1 - severity) * x[noisy] + severity * noise
         features[m] = x.astype(np.float32)
-    return Synthetic(names, split, emotion, valence, features, spec.dataset,
+    return features, valence, Task(means, bases, scale)
+
+
+def _shuffled_labels(rng, counts: dict, splits) -> tuple[np.ndarray, np.ndarray]:
+    """(split, class) per sample, shuffled within each split so that names do not give
+    the class away."""
+    split, emotion = [], []
+    for s in splits:
+        for c, n in enumerate(counts[s]):
+            split += [s] * n
+            emotion += [c] * n
+    split = np.array(split, dtype=object).astype(str)
+    emotion = np.array(emotion, dtype=np.int64)
+    order = np.concatenate([rng.permutation(np.flatnonzero(split == s)) for s in splits])
+    return split[order], emotion[order]
+
+
+def prior_counts(prior, total: int) -> list[int]:
+    """`total` samples split by `prior` (largest remainder, so they add up exactly)."""
+    p = np.asarray(prior, np.float64)
+    exact = p / p.sum() * total
+    counts = np.floor(exact).astype(int)
+    for i in np.argsort(-(exact - counts), kind="stable")[: total - counts.sum()]:
+        counts[i] += 1
+    return counts.tolist()
+
+
+def check_prior(text_or_values, classes, flag: str = "--test-prior") -> list[float]:
+    """A class prior from 'p1,p2,...' (one per class, non-negative, summing to about 1)."""
+    if isinstance(text_or_values, str):
+        try:
+            values = [float(v) for v in text_or_values.split(",")]
+        except ValueError:
+            raise InputError(f"{flag} {text_or_values!r}: expected {len(classes)} numbers "
+                             f"separated by commas, one per class ({', '.join(classes)})") \
+                from None
+    else:
+        values = [float(v) for v in text_or_values]
+    if len(values) != len(classes):
+        raise InputError(f"{flag}: {len(values)} value(s) for {len(classes)} classes "
+                         f"({', '.join(classes)})")
+    if any(not np.isfinite(v) or v < 0 for v in values) or abs(sum(values) - 1) > 1e-3:
+        raise InputError(f"{flag} {values}: expected non-negative class shares summing to 1")
+    return values
+
+
+def planned_counts(scale: float = 1.0, dataset: str = "mer2023", pool: int | None = None,
+                   test_prior=None) -> tuple[dict, dict]:
+    """(class counts of the dataset's own splits, class counts of the splits drawn from
+    the extra stream: a --test-prior split's replacement and the pool). Every check of
+    the options happens here."""
+    if not (0 < scale <= 1.0):
+        raise InputError(f"--scale {scale}: expected a fraction in (0, 1]")
+    spec = spec_of(dataset)
+    if pool is None:
+        pool = round(spec.pool * scale)
+    if isinstance(pool, bool) or not isinstance(pool, int) or not 0 <= pool <= 10_000_000:
+        raise InputError(f"--pool {pool!r}: expected a number of samples in [0, 10000000]")
+    counts = split_counts(scale, dataset)
+    extra_counts = {}
+    if test_prior is not None:
+        target = spec.dataset.unlabelled_splits
+        if len(target) != 1:
+            raise InputError(f"--test-prior: {dataset} has no unlabelled test split "
+                             "(choose --dataset mer2024, mer2025 or toy4)")
+        prior = check_prior(test_prior, spec.dataset.classes)
+        extra_counts[target[0]] = prior_counts(prior, sum(counts[target[0]]))
+    if pool:
+        extra_counts[POOL] = prior_counts(counts["train"], pool)
+    return counts, extra_counts
+
+
+def generate(seed: int = 0, scale: float = 1.0, dataset: str = "mer2023",
+             pool: int | None = None, test_prior=None) -> Synthetic:
+    """In-memory arrays of a synthetic dataset (module docstring). `pool`: that many
+    more unlabelled samples (default: the dataset's own pool at this scale), drawn with
+    the train split's class prior from the same task, as a split `pool` (role pool);
+    `test_prior`: the class prior of the dataset's unlabelled test split (its size
+    stays). Neither changes the other samples: both are drawn from a stream of their own
+    after the dataset as it would be without them."""
+    spec = spec_of(dataset)
+    counts, extra_counts = planned_counts(scale, dataset, pool, test_prior)
+    pool = sum(extra_counts.get(POOL, ()))
+    unlabelled = next(iter(spec.dataset.unlabelled_splits), None)
+    splits = [s.name for s in spec.dataset.splits]
+    rng = np.random.default_rng(seed)
+    # the task from a stream of its own (newer datasets): the same task at any scale
+    task = _task(np.random.default_rng([seed, 1]), spec) if spec.task_first else None
+    split, emotion = _shuffled_labels(rng, counts, splits)
+    features, valence, task = _draw(rng, spec, emotion, split == spec.noisy_split, task)
+    keep = ~np.isin(split, list(extra_counts))
+    split, emotion, valence = split[keep], emotion[keep], valence[keep]
+    features = {m: x[keep] for m, x in features.items()}
+    # a replaced test split and the pool: each from a stream of its own, the same task
+    for stream, name in ((2, unlabelled), (3, POOL)):
+        if name not in extra_counts:
+            continue
+        extra_rng = np.random.default_rng([seed, stream])
+        x_split, x_emotion = _shuffled_labels(extra_rng, {name: extra_counts[name]}, [name])
+        x_features, x_valence, _ = _draw(extra_rng, spec, x_emotion,
+                                         x_split == spec.noisy_split, task)
+        split = np.concatenate([split, x_split])
+        emotion = np.concatenate([emotion, x_emotion])
+        valence = np.concatenate([valence, x_valence])
+        features = {m: np.concatenate([features[m], x_features[m]]) for m in MODALITIES}
+    described = spec.dataset
+    if pool:
+        described = Dataset(described.name, described.classes,
+                            described.splits + (Split(POOL, "pool"),))
+    order = np.concatenate([np.flatnonzero(split == s.name) for s in described.splits])
+    split, emotion, valence = split[order], emotion[order], valence[order]
+    features = {m: x[order] for m, x in features.items()}
+    for s in described.splits:
+        if not s.valence:
+            valence[split == s.name] = np.nan
+    names = np.array([f"sample_{i:08d}" for i in range(len(split))])
+    return Synthetic(names, split, emotion, valence, features, described,
                      {m: spec.features[m][0] for m in MODALITIES})
 
 
 def labels_for_store(data: Synthetic) -> np.ndarray:
-    """The emotion column a store gets: true classes, -1 on unlabelled splits."""
+    """The emotion column a store gets: true classes, -1 on unlabelled and pool splits."""
     emotion = data.emotion.copy()
-    for s in data.dataset.unlabelled_splits:
-        emotion[data.split == s] = -1
+    for s in data.dataset.splits:
+        if not s.labelled:
+            emotion[data.split == s.name] = -1
     return emotion
 
 
+def truth_rows(data: Synthetic) -> list[tuple[str, str, str]]:
+    """(name, split, class) of every sample a store holds without its label."""
+    return [(n, s, data.dataset.classes[e]) for n, s, e in zip(data.names, data.split,
+                                                              data.emotion)
+            if not data.dataset.split(s).labelled]
+
+
+def write_truth(path, data: Synthetic) -> Path | None:
+    """TRUTH_CSV-style file: the true classes of the unlabelled and pool samples, for
+    scoring what a user could not (docs, tests, benchmarks). None where there are none."""
+    rows = truth_rows(data)
+    if not rows:
+        return None
+    _write_csv(Path(path), ["name", "split", "discrete"], rows)
+    return Path(path)
+
+
+def read_truth(path) -> dict[str, str]:
+    """name -> true class name, from a truth file."""
+    with open(path, newline="") as f:
+        return {r["name"]: r["discrete"] for r in csv.DictReader(f)}
+
+
 def synthesize_store(path, seed: int = 0, scale: float = 1.0, overwrite: bool = True,
-                     dataset: str = "mer2023") -> str:
+                     dataset: str = "mer2023", pool: int | None = None, test_prior=None,
+                     truth=None) -> str:
     """generate(...) written straight to a feature store (no .npy tree in between): for
-    benchmarks and tests, where the MERTools round trip is not what is measured."""
+    benchmarks and tests, where the MERTools round trip is not what is measured. `truth`:
+    where to write the unlabelled samples' true classes (a file beside the store, never
+    in it)."""
     from mer_ray.data.store import write_store
 
-    data = generate(seed, scale, dataset)
-    return write_store(path, data.names, data.split, labels_for_store(data), data.valence,
-                       data.features, data.feature_names, dataset=data.dataset,
-                       source=f"synthetic {dataset} seed={seed} scale={scale}",
-                       overwrite=overwrite)
+    data = generate(seed, scale, dataset, pool=pool, test_prior=test_prior)
+    out = write_store(path, data.names, data.split, labels_for_store(data), data.valence,
+                      data.features, data.feature_names, dataset=data.dataset,
+                      source=f"synthetic {dataset} seed={seed} scale={scale}"
+                      + (f" pool={pool}" if pool else "")
+                      + (f" test_prior={test_prior}" if test_prior is not None else ""),
+                      overwrite=overwrite)
+    if truth is not None:
+        write_truth(truth, data)
+    return out
 
 
 def _write_csv(path: Path, header, rows) -> None:
@@ -202,12 +367,17 @@ def write_labels(folder: Path, data: Synthetic, dataset: str) -> list[str]:
     Returns their names."""
     classes = data.dataset.classes
     rows = list(zip(data.names, data.split, data.emotion, data.valence))
-    if dataset == "mer2024":  # MERTools' raw CSV pair: train labels + test candidates
+    candidates = [(n,) for n, s, _, _ in rows if s in data.dataset.unlabelled_splits]
+    if dataset in ("mer2024", "mer2025"):  # MERTools' raw CSV pair: train labels + candidates
         _write_csv(folder / TRAIN_CSV, ["name", "discrete"],
                    [(n, classes[e]) for n, s, e, _ in rows if s == "train"])
-        _write_csv(folder / CANDIDATES_CSV, ["name"],
-                   [(n,) for n, s, _, _ in rows if s != "train"])
+        _write_csv(folder / CANDIDATES_CSV, ["name"], candidates)
         return [TRAIN_CSV, CANDIDATES_CSV]
+    written = []
+    if data.dataset.pool_splits and candidates:
+        # the pool's files and the unlabelled test split's are told apart by this list
+        _write_csv(folder / "candidates.csv", ["name"], candidates)
+        written.append("candidates.csv")
     labelled = [r for r in rows if data.dataset.split(r[1]).labelled]
     if data.dataset.has_valence:
         _write_csv(folder / "labels.csv", ["name", "split", "discrete", "valence"],
@@ -216,19 +386,21 @@ def write_labels(folder: Path, data: Synthetic, dataset: str) -> list[str]:
     else:  # the unlabelled split has feature files only: the importer keeps them
         _write_csv(folder / "labels.csv", ["name", "split", "discrete"],
                    [(n, s, classes[e]) for n, s, e, _ in labelled])
-    return ["labels.csv"]
+    return ["labels.csv"] + written
 
 
 def synthesize(out: str | os.PathLike, seed: int = 0, scale: float = 1.0, overwrite=False,
-               progress: bool = True, dataset: str = "mer2023") -> Path:
-    """Write DIR/features/<feature-name>/<sample>.npy and the dataset's label files
-    (MERTools layout)."""
+               progress: bool = True, dataset: str = "mer2023", pool: int | None = None,
+               test_prior=None) -> Path:
+    """Write DIR/features/<feature-name>/<sample>.npy, the dataset's label files (MERTools
+    layout) and, where samples are handed out unlabelled, DIR/truth.csv with their true
+    classes (for scoring what a user cannot; never read by the importer)."""
     from tqdm import tqdm
 
     out = Path(out)
     if out.exists() and not overwrite:
         raise InputError(f"{out} already exists; choose another --out or pass --overwrite")
-    data = generate(seed, scale, dataset)
+    data = generate(seed, scale, dataset, pool=pool, test_prior=test_prior)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
@@ -242,6 +414,7 @@ def synthesize(out: str | os.PathLike, seed: int = 0, scale: float = 1.0, overwr
                 bar.update()
         bar.close()
         write_labels(tmp, data, dataset)
+        write_truth(tmp / TRUTH_CSV, data)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
