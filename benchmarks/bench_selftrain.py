@@ -17,7 +17,9 @@ a store with its truth file beside it. Then, in this process, one seed's 5 folds
    still track the candidates' gain when the teachers saw the held-out rows?
 3. The candidates' class prior: the EM estimate from round 0's probabilities against
    the true prior (L1), and candidate F1 with and without `--prior-shift em`.
-4. Labelling at scale: a pool of --label-pool samples labelled by 45 members (9 seeds x
+4. Round 1 with the pool's true labels as pseudo-labels (an oracle): the most this pool
+   could give, i.e. whether labels are scarce enough here for a pool to matter.
+5. Labelling at scale: a pool of --label-pool samples labelled by 45 members (9 seeds x
    5 folds, 1 epoch each: what is timed is the labelling) in chunks, in a fresh process:
    seconds, and peak memory over the store already loaded.
 
@@ -89,6 +91,11 @@ def round_rows(run, truth, seeds, rounds, classes):
                "candidate_f1": cand, "seconds": seconds}
         if r >= 1:
             table = pq.read_table(labels_file(run, c))
+            if not len(table):
+                row.update(pseudo_per_fold=0, pseudo_per_class=[0] * len(classes),
+                           pseudo_accuracy=float("nan"))
+                rows.append(row)
+                continue
             got = np.asarray(table["class"].to_pylist())
             want = np.array([classes.index(truth[n]) for n in table["name"].to_pylist()])
             fold = np.asarray(table["teacher_fold"].to_pylist())
@@ -121,6 +128,33 @@ def run_chain(store_path, store, run, base, seeds, rounds, selection, truth, cla
         done.append((c, round(time.perf_counter() - t0, 1)))
         log(f"round {r} took {done[-1][1]} s")
     return round_rows(run, truth, seeds, done, classes)
+
+
+def oracle_round(store_path, store, run, base, seeds, truth, classes, log):
+    """Round 1 with the pool's true labels as its pseudo-labels: the most any selection
+    of this pool could give (whether labels are scarce enough for a pool to matter)."""
+    from mer_ray.pseudo import ALL_FOLDS, RoundLabels, write_labels
+    from mer_ray.run import record_run, train_grid_here
+    from mer_ray.selftrain import round_config
+
+    c = round_config(base, 1, dict(pseudo_threshold=1.0, pseudo_teachers="all",
+                                   pseudo_cap=None))
+    rows = store.rows("pool")
+    y = np.array([classes.index(truth[n]) for n in store.names[rows]], np.int16)
+    onehot = np.eye(len(classes), dtype=np.float32)[y]
+    labels = RoundLabels(store.names[rows], store.split[rows],
+                         np.full(len(rows), ALL_FOLDS, np.int16), y, onehot,
+                         np.ones(len(rows), np.float32), np.ones(len(rows), np.float32))
+    labels.meta = {"format": "mer-ray-pseudo-labels/1", "round": 1, "config": c.to_dict(),
+                   "store_content_hash": store.content_hash, "splits": ["pool"],
+                   "teachers": {str(ALL_FOLDS): []}, "note": "the truth (oracle)"}
+    write_labels(run, c, labels, len(classes))
+    t0 = time.perf_counter()
+    record_run(run, store_path, [c], store.manifest, seeds=seeds)
+    train_grid_here(store, store_path, c, [{}], seeds, run, pack_size=5, log=log,
+                    log_every=25, tensorboard=False)
+    return round_rows(run, truth, seeds, [(c, round(time.perf_counter() - t0, 1))],
+                      classes)[0]
 
 
 def prior_part(run, base, seeds, truth, classes):
@@ -173,6 +207,9 @@ def label_child(n_pool: int, workdir: Path) -> dict:
     for m in members:
         by_fold.setdefault(m.fold, []).append(m)
     rows = store.rows("pool")
+    # reset this process's peak RSS (Linux: 5 > clear_refs), so the peak below is the
+    # labelling's, not the training's before it
+    Path("/proc/self/clear_refs").write_text("5")
     rss0, t0 = vm_rss_mb(), time.perf_counter()
     votes = teacher_votes(store, by_fold, rows)
     seconds = time.perf_counter() - t0
@@ -232,6 +269,9 @@ def main() -> int:
         result["all"] = run_chain(str(store_path), store, str(work / "run"), base, args.seeds,
                                   args.rounds, {**selection, "pseudo_teachers": "all"},
                                   truth, classes, log)
+    log("round 1 with the pool's true labels (oracle)")
+    result["oracle"] = oracle_round(str(store_path), store, str(work / "run"), base,
+                                    args.seeds, truth, classes, log)
     result["prior"] = prior_part(str(work / "run"), base, args.seeds, truth, classes)
     if "scale" not in args.skip:
         log(f"labelling a pool of {args.label_pool} with 45 members")
@@ -255,6 +295,9 @@ def print_tables(result, classes):
                 r["pseudo_per_fold"], f"{r['pseudo_accuracy']:.3f}", r["pseudo_per_class"])
             print(f"| {r['round']} | {r['cv_f1']:.4f} | {r['candidate_f1']:.4f} | "
                   f"{pseudo[0]} | {pseudo[1]} | {pseudo[2]} | {r['seconds']} |")
+    o = result["oracle"]
+    print(f"\nround 1 with the pool's true labels (oracle): cv F1 {o['cv_f1']:.4f}, "
+          f"candidate F1 {o['candidate_f1']:.4f}, {o['seconds']} s")
     p = result["prior"]
     print("\nclass prior of the candidates (" + ", ".join(classes) + ")\n")
     print(f"true {p['true_prior']}\ntrain {p['train_prior']}\nEM estimate {p['estimate']}")
