@@ -56,9 +56,25 @@ def cmd_summary(args):
 
 
 def _recipe(args):
+    """--preset or --recipe FILE, then every --set."""
     from mer_ray.presets import get_preset, parse_override
 
-    config = get_preset(args.preset)
+    if getattr(args, "recipe", None):
+        if args.preset is not None:
+            raise InputError("give --preset or --recipe, not both")
+        from mer_ray.recipes import read_recipe, store_warning
+
+        config, info = read_recipe(args.recipe)
+        if not getattr(args, "_recipe_warned", False):
+            from mer_ray.data.store import read_manifest
+
+            line = store_warning(args.recipe, info, args.store,
+                                 read_manifest(args.store)["content_hash"])
+            if line:
+                print(line, file=sys.stderr)
+            args._recipe_warned = True
+    else:
+        config = get_preset(args.preset or DEFAULT_PRESET)
     for text in args.set:
         config = parse_override(config, text)
     return config
@@ -182,14 +198,17 @@ def cmd_search(args):
     from ensembles.groups import trial_summary
     from mer_ray.run import read_config_members
     from mer_ray.data.store import read_manifest
-    from mer_ray.search import SPACE, best_trials, draw_settings, search_table
+    from mer_ray.search import (SPACE, best_trials, draw_settings, search_table, seed_spread,
+                                spread_lines, write_search_recipe)
 
     manifest = read_manifest(args.store)
+    if args.seed is not None:  # the single-seed flag of earlier versions
+        args.seeds = [args.seed]
     settings = draw_settings(args.trials, args.search_seed, modalities=manifest["modalities"])
     print(f"random search: {args.trials} trial(s) drawn with --search-seed {args.search_seed}, "
-          f"each one seed's {get_folds(args)} folds; space: "
+          f"each {len(args.seeds)} seed(s) x {get_folds(args)} folds; space: "
           + "; ".join(d.describe() for d in SPACE))
-    args.seeds, args.command = [args.seed], "tune"
+    args.command = "tune"
     config, seeds, rows = _run_grid(args, settings)
     if rows is None:
         rows = [(s, trial_summary(read_config_members(args.out, config.replace(**s), seeds)))
@@ -197,7 +216,15 @@ def cmd_search(args):
     best = best_trials(rows, args.top)
     print(f"\ntrials, best out-of-fold first (objective: cv {'combined' if 'cv_combined' in rows[0][1] else 'f1'})")
     print(search_table(rows, best))
-    print(f"\nnext: mer-ray ensemble score {args.out} --strategy greedy  (greedy picks among "
+    spreads = [seed_spread(read_config_members(args.out, config.replace(**s), seeds))
+               for s, _ in rows]
+    print("\n".join(spread_lines(rows, spreads, best[0])))
+    path = write_search_recipe(args, config, settings[best[0]], rows, spreads, best[0],
+                               manifest, seeds)
+    print(f"\nthe chosen recipe (trial {best[0] + 1}) is {path}: train it with `mer-ray train "
+          f"--recipe {path} --seeds 0 1 2 ...` (it was chosen on this store's out-of-fold "
+          "scores; on other data, search again)")
+    print(f"next: mer-ray ensemble score {args.out} --strategy greedy  (greedy picks among "
           "the trials on out-of-fold predictions too)")
 
 
@@ -334,9 +361,18 @@ def cmd_demo(args):
              overwrite=args.overwrite, address=args.address)
 
 
+DEFAULT_PRESET = "robust_v3"
+
+
 def _add_train_args(t, name: str) -> None:
-    t.add_argument("--preset", default="robust_v3",
-                   help="baseline, robust_v1, robust_v2 or robust_v3 (default)")
+    from mer_ray.presets import PRESETS
+
+    t.add_argument("--preset", default=None,
+                   help=f"{', '.join(PRESETS)} (default {DEFAULT_PRESET}): the published "
+                   "recipes")
+    t.add_argument("--recipe", default=None, metavar="FILE",
+                   help="a recipe file instead of --preset (`mer-ray search` writes one "
+                   "into its run: RUN/recipe.yaml)")
     t.add_argument("--store", required=True, help="feature store (mer-ray data import), a "
                    "folder or URI (s3://, gs://, ...)")
     if name != "search":
@@ -533,7 +569,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_args(se, "search")
     se.add_argument("--trials", type=int, default=8, help="recipes to draw (default 8)")
     se.add_argument("--search-seed", type=int, default=0, help="seed of the draws (default 0)")
-    se.add_argument("--seed", type=int, default=0, help="the training seed of every trial")
+    se.add_argument("--seeds", type=int, nargs="+", default=[0],
+                    help="training seeds of every trial (default 0); with several, each "
+                    "trial's spread over seeds says whether the winner leads by more than "
+                    "seed noise")
+    se.add_argument("--seed", type=int, default=None, help=argparse.SUPPRESS)
     se.add_argument("--top", type=int, default=3, help="trials marked as chosen (default 3)")
     se.set_defaults(func=cmd_search)
 

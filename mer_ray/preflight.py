@@ -20,7 +20,7 @@ from mer_ray.storage import check_output_folder, file_type, is_uri, resolve
 
 # What a run folder may hold besides run.json; anything else means --out is not a run.
 RUN_ENTRIES = {"run.json", "members", "ray", "ensemble", "report", "tensorboard", "progress",
-               "predict", "rounds", "selftrain.json"}
+               "predict", "rounds", "selftrain.json", "recipe.yaml"}
 SEED_RANGE = (0, 2**31 - 1)
 # Bytes per weight during training: weights, gradient, Adam's two moments, best copy.
 BYTES_PER_WEIGHT = 5 * 4

@@ -102,3 +102,90 @@ def search_table(rows: list[tuple[dict, dict]], best: list[int]) -> str:
     out += [f"trial {i + 1}: " + ", ".join(f"{k}={v}" for k, v in rows[i][0].items())
             for i in order]
     return "\n".join(out)
+
+
+def seed_spread(members) -> list[float]:
+    """A trial's out-of-fold objective per seed (each seed's fold-averaged model):
+    cv combined where there is valence, else cv F1."""
+    from ensembles.groups import make_groups, score_group
+
+    values = []
+    for g in make_groups(members) if members else []:
+        cv = score_group(g)["cv"]
+        values.append(cv.get("combined", cv["f1"]))
+    return values
+
+
+def _mean_se(values) -> tuple[float, float | None]:
+    v = np.asarray(values, float)
+    if len(v) < 2:
+        return float(v.mean()) if len(v) else math.nan, None
+    return float(v.mean()), float(v.std(ddof=1) / math.sqrt(len(v)))
+
+
+def within_noise(spreads: list[list[float]], best: int) -> tuple[float | None, float | None]:
+    """(the winner's lead over the runner-up, the winner's standard error over seeds);
+    None where there is no runner-up or only one seed."""
+    means = [_mean_se(s)[0] for s in spreads]
+    others = [m for i, m in enumerate(means) if i != best and not math.isnan(m)]
+    lead = means[best] - max(others) if others else None
+    return lead, _mean_se(spreads[best])[1]
+
+
+def spread_lines(rows, spreads, best: int) -> list[str]:
+    """Each trial's objective per seed and its standard error, and whether the winner
+    leads by more than that."""
+    lines = ["", "out-of-fold objective per seed (mean, standard error over seeds):"]
+    for i, values in enumerate(spreads):
+        mean, se = _mean_se(values)
+        lines.append(f"  trial {i + 1}: " + " ".join(f"{v:.4f}" for v in values)
+                     + f"  (mean {mean:.4f}" + (f", se {se:.4f})" if se is not None else ")"))
+    lead, se = within_noise(spreads, best)
+    if lead is None:
+        return lines
+    if se is None:
+        lines.append(f"trial {best + 1} leads by {lead:.4f}, with one seed per trial: how much "
+                     "of that is seed noise is unknown (docs/recipes.md measured a searched "
+                     "lead of about one standard error); --seeds 0 1 2 measures it")
+    elif lead < se:
+        lines.append(f"WITHIN SEED NOISE: trial {best + 1} leads by {lead:.4f}, less than its "
+                     f"own standard error over seeds ({se:.4f}); the ranking may not hold on "
+                     "other seeds")
+    else:
+        lines.append(f"trial {best + 1} leads by {lead:.4f}, more than its standard error over "
+                     f"seeds ({se:.4f})")
+    return lines
+
+
+def write_search_recipe(args, config, setting: dict, rows, spreads, best: int, manifest,
+                        seeds) -> str:
+    """RUN/recipe.yaml: the chosen trial as a recipe file (mer_ray.recipes) with what
+    chose it."""
+    from mer_ray.recipes import RECIPE_FILE, write_recipe
+    from mer_ray.storage import join
+
+    chosen = config.replace(**setting)
+    lead, se = within_noise(spreads, best)
+    metrics = rows[best][1]
+    objective = "cv_combined" if "cv_combined" in metrics else "cv_f1"
+    chosen_on = {
+        "store": str(args.store), "store_content_hash": manifest["content_hash"],
+        "search_seed": args.search_seed, "trials": len(rows), "trial": best + 1,
+        "seeds": [int(s) for s in seeds], "objective": objective,
+        "objective_value": round(float(metrics.get(objective, math.nan)), 6),
+        "per_seed": [round(v, 6) for v in spreads[best]],
+        "standard_error": None if se is None else round(se, 6),
+        "lead_over_runner_up": None if lead is None else round(lead, 6),
+        "within_seed_noise": None if lead is None or se is None else bool(lead < se),
+    }
+    comment = (f"chosen by `mer-ray search` (trial {best + 1} of {len(rows)}, search seed "
+               f"{args.search_seed}) on the out-of-fold scores of the store below only.\n"
+               "A recipe searched on one dataset is that dataset's: search again on yours.")
+    return write_recipe(join(args.out, RECIPE_FILE), chosen, _base_name(config), chosen_on,
+                        comment)
+
+
+def _base_name(config) -> str:
+    from mer_ray.presets import PRESETS
+
+    return config.preset if config.preset in PRESETS else "robust_v3"

@@ -88,15 +88,22 @@ def test_new_fields_at_their_defaults_leave_member_ids_as_they_were():
         member_id(v3.to_dict(), 1, 2)
 
 
-def test_robust_v4_is_robust_v3_with_the_searched_trial_it_documents():
-    """robust_v4 is trial 3 of `mer-ray search --trials 8` (search seed 0) on MER2023's
-    modalities, as docs/recipes.md measured it; a change to the search space or its
-    draws must show up here (and send someone to re-measure) instead of silently
-    leaving the preset's provenance false."""
+def test_robust_v4_is_a_recipe_file_of_the_searched_trial_it_documents():
+    """robust_v4, no longer a preset, is the recipe file docs/recipes/robust_v4.yaml: trial 3
+    of `mer-ray search --trials 8` (search seed 0) on MER2023's modalities, as
+    docs/recipes.md measured it, with the member ids its runs were trained with (so they
+    resume); `--preset robust_v4` says where it went."""
+    from pathlib import Path
+
+    from mer_ray.errors import InputError
+    from mer_ray.recipes import read_recipe
     from mer_ray.search import draw_settings
 
     trial3 = draw_settings(8, 0, modalities=("audio", "text", "video"))[2]
     v3_with_trial3 = get_preset("robust_v3").replace(preset="robust_v4", **trial3)
-    assert get_preset("robust_v4").to_dict() == v3_with_trial3.to_dict()
-    assert member_id(get_preset("robust_v4").to_dict(), 0, 0).startswith("robust_v4-w50-")
+    recipe, _ = read_recipe(str(Path(__file__).parents[1] / "docs/recipes/robust_v4.yaml"))
+    assert recipe.to_dict() == v3_with_trial3.to_dict()
+    assert member_id(recipe.to_dict(), 0, 0) == "robust_v4-w50-f0-s0-76c3490acf8c"
+    with pytest.raises(InputError, match="no longer a preset.*docs/recipes/robust_v4.yaml"):
+        get_preset("robust_v4")
     assert member_id(get_preset("robust_v3").to_dict(), 2, 1) == "robust_v3-w30-f2-s1-b7e82581dfd9"
