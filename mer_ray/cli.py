@@ -12,7 +12,7 @@ import sys
 
 from mer_ray.constants import MER2023_FEATURES
 from mer_ray.demo import DEMO_SCALE, DEMO_SEEDS
-from mer_ray.errors import InputError, StorageError
+from mer_ray.errors import InputError, RunStopped, StorageError
 
 
 def cmd_synth(args):
@@ -105,6 +105,9 @@ def _check_flags(args) -> None:
         raise InputError(f"--gpus-per-worker {args.gpus_per_worker}: must be in [0, 64]")
     if args.log_every < 1:
         raise InputError(f"--log-every {args.log_every}: must be at least 1")
+    if not 0 < args.wait_for_capacity <= 7 * 24 * 3600:
+        raise InputError(f"--wait-for-capacity {args.wait_for_capacity:g}: expected seconds "
+                         "in (0, 604800]")
 
 
 def _run_grid(args, settings):
@@ -143,14 +146,15 @@ def _run_grid(args, settings):
     started = ray_train.connect(args.address)
     try:
         if args.command == "train":
-            plan = ray_train.plan_workers(args.workers, args.gpus_per_worker)
-            ray_train.train_with_ray(args.store, config, seeds, args.out, plan, args.pack_size,
-                                     log_every=args.log_every, tensorboard=args.tensorboard)
+            ray_train.train_alone(args.store, config, seeds, args.out, args.workers,
+                                  args.gpus_per_worker, args.pack_size,
+                                  log_every=args.log_every, tensorboard=args.tensorboard,
+                                  wait_s=args.wait_for_capacity)
             return config, seeds, None
         grid = ray_train.tune_grid(args.store, config, settings, seeds, args.out, args.workers,
                                    args.gpus_per_worker, args.pack_size,
                                    log_every=args.log_every, tensorboard=args.tensorboard,
-                                   verbose=args.tune_verbose)
+                                   verbose=args.tune_verbose, wait_s=args.wait_for_capacity)
         return config, seeds, [(r.config["setting"], r.metrics) for r in grid]
     finally:
         if started:
@@ -272,7 +276,7 @@ def cmd_selftrain(args):
                         else "cpu", workers=args.workers, gpus_per_worker=args.gpus_per_worker,
                         pack_size=args.pack_size, log_every=args.log_every,
                         tensorboard=args.tensorboard, tune_verbose=args.tune_verbose,
-                        bar=args.no_ray and use_bar())
+                        bar=args.no_ray and use_bar(), wait_s=args.wait_for_capacity)
     selftrain(args.store, args.out, config, settings, args.seeds, args.rounds,
               _selection(args), training, overwrite=args.overwrite, address=args.address,
               all_rounds=args.all_rounds)
@@ -412,6 +416,10 @@ def _add_train_args(t, name: str) -> None:
                    help="train everything in this process without Ray (debugging, and "
                    "the baseline of the Ray-overhead benchmark)")
     t.add_argument("--device", default=None, help="--no-ray only: cpu or cuda")
+    t.add_argument("--wait-for-capacity", type=float, default=300.0, metavar="SECONDS",
+                   help="after a node is lost, how long Train may wait for room to restart "
+                   "a run's workers before its members go to the nodes left or the run "
+                   "stops with what is still to train (default 300)")
 
 
 def _add_selftrain_parser(sub) -> None:
@@ -647,7 +655,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (InputError, StorageError) as e:
+    except (InputError, StorageError, RunStopped) as e:
         print(f"mer-ray: error: {e}", file=sys.stderr)
         return e.exit_code
     except BrokenPipeError:

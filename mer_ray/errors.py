@@ -5,6 +5,9 @@
 - `StorageError`: the machine stopped us (a full or read-only disk, unreachable
   storage; exit code 1). Nothing finished is lost: the message says what to do, which
   is usually "free space and run the same command again to resume".
+- `RunStopped`: a distributed run could not go on (a node lost and no capacity left for
+  its workers within the wait; exit code 1). Every saved member is kept and the message
+  names what is left and how to resume.
 """
 
 
@@ -16,5 +19,11 @@ class InputError(Exception):
 
 class StorageError(Exception):
     """Writing or reading storage failed for a reason outside the user's input."""
+
+    exit_code = 1
+
+
+class RunStopped(Exception):
+    """Training stopped for a reason outside the user's input; the run resumes."""
 
     exit_code = 1

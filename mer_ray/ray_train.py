@@ -42,7 +42,7 @@ import sys
 import dataclasses
 from dataclasses import dataclass
 
-from mer_ray.errors import InputError
+from mer_ray.errors import InputError, RunStopped
 from mer_ray.run import (absolute, missing, pending_specs, read_config_members, record_run,
                          setting_label, train_members, value_text)
 
@@ -199,46 +199,103 @@ def _fits(have: float, per: float) -> int:
     return int(math.floor(have / per + 1e-9))
 
 
-def _share(have: float, requests: int, most: float) -> float:
-    """`have` split between `requests`, at most `most` each, in Ray's 1e-4 units."""
-    return min(most, math.floor(have / requests * 1e4) / 1e4)
+def _slots(nodes: list[dict], per: dict) -> int:
+    """Workers of `per` that fit the nodes, each worker on one node."""
+    return sum(min(_fits(float(n.get(u, 0.0)), v) for u, v in per.items() if v > 0)
+               for n in nodes)
+
+
+def _share(nodes: list[dict], unit: str, requests: int, most: float) -> float:
+    """The largest share of `unit` (at most `most`, in Ray's 1e-4 units) of which
+    `requests` fit on the nodes, each on one node."""
+    best = 0.0
+    for n in nodes:
+        have = float(n.get(unit, 0.0))
+        for k in range(1, requests + 1):
+            share = math.floor(min(most, have / k) * 1e4) / 1e4
+            if share > best and sum(_fits(float(m.get(unit, 0.0)), share)
+                                    for m in nodes) >= requests:
+                best = share
+    return best
+
+
+def cluster_nodes() -> list[dict]:
+    """The live nodes' CPU and GPU totals, with their addresses (`ray.nodes()`)."""
+    import ray
+
+    return [{"CPU": float(n["Resources"].get("CPU", 0.0)),
+             "GPU": float(n["Resources"].get("GPU", 0.0)),
+             "address": n.get("NodeManagerAddress", "?"), "id": n.get("NodeID", "")}
+            for n in ray.nodes() if n.get("Alive")]
 
 
 def plan_workers(workers: int | None, gpus_per_worker: float, n_trials: int = 1,
-                 available: dict | None = None) -> Plan:
-    """Fit `n_trials` runs of `workers` Train workers onto the cluster's resources.
+                 available=None) -> Plan:
+    """Fit `n_trials` runs of `workers` Train workers onto the cluster's nodes.
 
-    A worker takes one CPU, or `gpus_per_worker` GPUs and one CPU to drive them, so
-    GPU workers are bounded by GPUs and by CPUs alike (0.1 GPU each on 8 GPUs and 16
-    CPUs is 16 workers, not 80 that wait for CPUs forever).
+    A worker takes one CPU, or `gpus_per_worker` GPUs and one CPU to drive them, on one
+    node, so GPU workers are bounded by GPUs and by CPUs alike (0.1 GPU each on 8 GPUs
+    and 16 CPUs is 16 workers, not 80 that wait for CPUs forever), and what fits is
+    counted node by node, never from the cluster's totals (two 1-CPU nodes hold two
+    1-CPU workers, or three of 0.5 CPU, not three of 0.6666).
     --workers given: as many trials run at once as fit. Default: the worker slots are
     shared out between the trials and every trial runs at once; where there are fewer
     slots than trials, each trial's single worker takes an equal fraction of what there
     is (3 trials on 2 CPUs: 0.6666 CPU each; on 1 GPU with 0.5 each: 0.3333 GPU each),
-    so no core or GPU idles while the last trial of an odd grid runs alone."""
+    so no core or GPU idles while the last trial of an odd grid runs alone.
+    `available`: one node's resources (a dict), a list of nodes, or None for the live
+    cluster's nodes."""
     if available is None:
-        import ray
-
-        available = ray.cluster_resources()
+        available = cluster_nodes()
+    nodes = [available] if isinstance(available, dict) else list(available)
     gpu = gpus_per_worker > 0
     need = {"GPU": float(gpus_per_worker), "CPU": 1.0} if gpu else {"CPU": 1.0}
-    have = {unit: float(available.get(unit, 0.0)) for unit in need}
-    what = " + ".join(f"{v:g} {u}" for u, v in need.items())
+    have = {unit: sum(float(n.get(unit, 0.0)) for n in nodes) for unit in need}
+    what = _resources_text(need)
     for unit in need:
         if have[unit] <= 0:
             raise InputError(f"the Ray cluster has no {unit} for a Train worker ({what} "
                              "each); add resources or lower --gpus-per-worker")
-    slots = min(_fits(have[u], v) for u, v in need.items())  # whole workers that fit
+    slots = _slots(nodes, need)  # whole workers that fit, node by node
     if workers:
         if slots < workers:
             short = ", ".join(f"{have[u]:g} {u}" for u in need)
-            raise InputError(f"--workers {workers} needs {workers} x ({what}), but the "
-                             f"cluster has {short}; lower --workers"
+            raise InputError(f"--workers {workers} needs {workers} x ({what}), each on one "
+                             f"node, but the cluster's {len(nodes)} node(s) hold {slots} "
+                             f"({short} in all); lower --workers"
                              + (" or --gpus-per-worker" if gpu else ""))
         return Plan(workers, max(1, min(n_trials, slots // workers)), need)
     workers = max(1, slots // n_trials)
-    return Plan(workers, n_trials, {u: _share(have[u], n_trials * workers, v)
-                                    for u, v in need.items()})
+    requests = n_trials * workers
+    shares = {u: _share(nodes, u, requests, v) for u, v in need.items()}
+    for _ in range(60):  # units shared apart may not fit together on one node
+        if _slots(nodes, shares) >= requests and all(shares.values()):
+            return Plan(workers, n_trials, shares)
+        shares = {u: math.floor(v * 0.9 * 1e4) / 1e4 for u, v in shares.items()}
+    raise InputError(f"no node of the Ray cluster holds a Train worker's {what} together "
+                     "(or a share of them); add a node with both, or lower "
+                     "--gpus-per-worker")
+
+
+def plan_lines(plan: Plan, n_trials: int, nodes: list[dict] | None = None) -> list[str]:
+    """What runs at once, what waits, and why: the first lines of a Ray run."""
+    per = _resources_text(plan.resources)
+    where = ""
+    if nodes:
+        def node_text(n):
+            return f"{n.get('address', '?')}: {n.get('CPU', 0):g} CPU" + (
+                f", {n['GPU']:g} GPU" if n.get("GPU") else "")
+        where = f" on {len(nodes)} node(s) ({'; '.join(node_text(n) for n in nodes)})"
+    if n_trials == 1:
+        return [f"one Train run of {plan.workers} worker(s), each with {per}{where}"]
+    lines = [f"{n_trials} trial(s), {plan.workers} Train worker(s) each with {per}{where}"]
+    if plan.concurrency >= n_trials:
+        lines.append(f"all {n_trials} at once: every trial's workers fit together")
+    else:
+        lines.append(f"{plan.concurrency} at once (FIFO): {n_trials - plan.concurrency} "
+                     f"trial(s) wait, quietly, for a running one to finish, since only "
+                     f"{plan.concurrency} x {plan.workers} worker(s) fit the nodes together")
+    return lines
 
 
 def _worker_loop(cfg: dict) -> None:
@@ -275,44 +332,141 @@ def _stdout(msg: str) -> None:
     sys.stdout.flush()
 
 
+# How long a Train run may wait for capacity it lost (its workers cannot be placed)
+# before it stops: Train V2 retries a worker group that cannot start every
+# RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S (60 s by default), forever unless told.
+WAIT_FOR_CAPACITY_S = 300.0
+START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
+MAX_REPLANS = 3  # re-plans of one run on the nodes left, each after a lost node
+
+
+def failure_config(max_failures: int, wait_s: float):
+    """Bounded retries: worker failures, preemptions and worker groups that cannot start
+    (no capacity) are each retried a bounded number of times, never forever."""
+    from ray.train import FailureConfig
+
+    start_timeout = float(os.environ.get(START_TIMEOUT_ENV, 60.0))
+    return FailureConfig(max_failures=max_failures, max_preemption_failures=max_failures,
+                         controller_failure_limit=max(1, math.ceil(wait_s / start_timeout)))
+
+
 def train_with_ray(store_path: str, config, seeds, run: str, plan: Plan,
                    pack_size: int = 10, max_failures: int = 2, log=print,
-                   log_every: int = 10, tensorboard: bool = True) -> int:
+                   log_every: int = 10, tensorboard: bool = True,
+                   wait_s: float = WAIT_FOR_CAPACITY_S, state=None) -> int:
     """One recipe through a TorchTrainer. Returns the number of members it trained.
     Each worker prints its packs' progress every `log_every` epochs and writes its
-    members' TensorBoard curves unless `tensorboard` is False."""
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    members' TensorBoard curves unless `tensorboard` is False.
+
+    A node lost mid-run: Train restarts the worker group (bounded: `max_failures`, and
+    at most `wait_s` waiting for capacity). If it still cannot, the members not saved go
+    to as many workers as the nodes left can hold (up to MAX_REPLANS times, each time
+    only if members were saved since); with no capacity left the run stops with
+    RunStopped naming the lost node(s) and the members still to train. Nothing saved is
+    lost and the same command resumes exactly the rest. `state`: a DriverState to keep
+    `mer-ray status` informed."""
+    from ray.train import RunConfig, ScalingConfig, TrainingFailedError
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from mer_ray.errors import RunStopped
+
+    label = setting_label(config)
     specs, todo = missing(run, config, seeds, log)
     if not todo:
+        if state is not None:
+            state.set(label, "done")
         return 0
-    workers = min(plan.workers, len(todo))
+    total, workers, replans = len(todo), min(plan.workers, len(todo)), 0
     use_gpu = plan.resources.get("GPU", 0) > 0
-    trainer = TorchTrainer(
-        _worker_loop,
-        train_loop_config={"config": config.to_dict(), "specs": specs, "run": str(run),
-                           "store": str(store_path), "pack_size": pack_size,
-                           "use_gpu": use_gpu, "log_every": log_every,
-                           "tensorboard": tensorboard},
-        # gloo, never NCCL (Train's default for GPU workers): the workers never use the
-        # process group, and NCCL does not support two ranks on one GPU ("Duplicate GPU
-        # detected"), which is what a fractional --gpus-per-worker makes.
-        torch_config=TorchConfig(backend="gloo"),
-        # SPREAD: a run survives losing one node with the fewest members lost, and CPU
-        # workers do not crowd one node.
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
-                                     resources_per_worker=plan.resources,
-                                     placement_strategy="SPREAD"),
-        run_config=RunConfig(
-            # Named after the setting, never a timestamp: a restart finds the run again.
-            name="train-" + _path_name(setting_label(config)),
-            storage_path=_storage(run),
-            failure_config=FailureConfig(max_failures=max_failures),
-        ),
-    )
-    trainer.fit()
-    return len(todo)
+    import ray
+
+    while True:
+        # what the cluster was, to name a lost node (fit() starts a local Ray if none is)
+        nodes_before = {n["id"]: n for n in cluster_nodes()} if ray.is_initialized() else {}
+        trainer = TorchTrainer(
+            _worker_loop,
+            train_loop_config={"config": config.to_dict(), "specs": specs, "run": str(run),
+                               "store": str(store_path), "pack_size": pack_size,
+                               "use_gpu": use_gpu, "log_every": log_every,
+                               "tensorboard": tensorboard},
+            # gloo, never NCCL (Train's default for GPU workers): the workers never use
+            # the process group, and NCCL does not support two ranks on one GPU
+            # ("Duplicate GPU detected"), which is what a fractional --gpus-per-worker
+            # makes.
+            torch_config=TorchConfig(backend="gloo"),
+            # SPREAD: a run survives losing one node with the fewest members lost, and
+            # CPU workers do not crowd one node.
+            scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
+                                         resources_per_worker=plan.resources,
+                                         placement_strategy="SPREAD"),
+            run_config=RunConfig(
+                # Named after the setting, never a timestamp: a restart finds the run.
+                name="train-" + _path_name(label), storage_path=_storage(run),
+                failure_config=failure_config(max_failures, wait_s)),
+        )
+        if state is not None:
+            state.set(label, "starting")
+        try:
+            trainer.fit()
+            if state is not None:
+                state.set(label, "done")
+            return total
+        except TrainingFailedError as e:
+            alive = {n["id"] for n in cluster_nodes()}
+            lost = [n for i, n in nodes_before.items() if i not in alive]
+            left = pending_specs(run, config, specs)
+            if not left:
+                return total
+            slots = _slots([n for n in nodes_before.values() if n["id"] in alive],
+                           plan.resources)
+            saved_since = len(todo) - len(left)
+            gone = ", ".join(f"{n['address']} ({n['id'][:8]})" for n in lost)
+            why = (f"node(s) {gone} left the cluster" if lost else
+                   f"its workers failed ({_first_line(e)})")
+            if slots >= 1 and replans < MAX_REPLANS and (replans == 0 or saved_since):
+                replans, todo = replans + 1, left
+                workers = min(workers, slots, len(left))
+                log(f"{label}: {why}; {len(left)} member(s) not saved go to "
+                    f"{workers} worker(s) on the nodes left")
+                continue
+            reason = (f"{label}: {why}, and the nodes left cannot hold its workers "
+                      f"({_resources_text(plan.resources)} each) within {wait_s:.0f} s; "
+                      f"{total - len(left)} of {total} member(s) saved and kept, "
+                      f"{len(left)} still to train ({' '.join(f'f{f}s{s}' for f, s in left)}); "
+                      "the same command resumes exactly these once there is capacity")
+            if state is not None:
+                state.set(label, "stopped", reason)
+            raise RunStopped(reason) from None
+
+
+def train_alone(store_path: str, config, seeds, run: str, workers: int | None = None,
+                gpus_per_worker: float = 0, pack_size: int = 10, log=print, **kw) -> int:
+    """`mer-ray train` through Ray: the plan printed, the driver's state kept for
+    `mer-ray status`, then train_with_ray."""
+    from mer_ray.progress import DriverState
+
+    nodes = cluster_nodes()
+    plan = plan_workers(workers, gpus_per_worker, 1, nodes)
+    for line in plan_lines(plan, 1, nodes):
+        log(line)
+    state = DriverState(run, [setting_label(config)], log)
+    try:
+        trained = train_with_ray(store_path, config, seeds, run, plan, pack_size, log=log,
+                                 state=state, **kw)
+    except BaseException:
+        state.close(keep=True)
+        raise
+    state.close()
+    return trained
+
+
+def _resources_text(resources: dict) -> str:
+    return " + ".join(f"{v:g} {u}" for u, v in resources.items())
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:200] if text else type(e).__name__
 
 
 def _path_name(label: str) -> str:
@@ -355,11 +509,16 @@ def _trial(cfg: dict) -> None:
     summary_keys = dict.fromkeys(trial_summary_keys(dataset), float("nan"))
     failure: list[BaseException] = []
 
+    # every report carries `stopped` (empty until then): progress.csv keeps the first
+    # report's columns, and a trial that stopped says why in its last report
+    summary_keys["stopped"] = ""
+
     def fit():
         try:
             train_with_ray(cfg["store"], config, seeds, run, Plan(**cfg["plan"]),
                            cfg["pack_size"], log_every=cfg.get("log_every", 10),
-                           tensorboard=cfg.get("tensorboard", True))
+                           tensorboard=cfg.get("tensorboard", True),
+                           wait_s=cfg.get("wait_s", WAIT_FOR_CAPACITY_S))
         except BaseException as e:  # re-raised in the trial's own thread below
             failure.append(e)
 
@@ -378,6 +537,11 @@ def _trial(cfg: dict) -> None:
         if not fitting.is_alive():
             break
         fitting.join(cfg.get("report_every", REPORT_EVERY_S))
+    if failure and isinstance(failure[0], RunStopped):
+        # a clear stop, not a crash: the driver turns it into one line and exit 1
+        ray.tune.report({**trial_summary(read_config_members(run, config, seeds)),
+                         "stopped": str(failure[0])})
+        return
     if failure:
         raise failure[0]
     ray.tune.report(trial_summary(read_config_members(run, config, seeds)))
@@ -425,27 +589,60 @@ def _grid_name(config, settings: list[dict]) -> str:
     return "tune-" + _path_name(" ".join(words))
 
 
+def _state_callback(state):
+    """Tune's view of each trial, into the driver state file (mer_ray.progress)."""
+    from ray import tune
+
+    class TrialStates(tune.Callback):
+        def on_trial_start(self, iteration, trials, trial, **info):
+            state.set(_trial_name(trial), "starting")
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            if result.get("stopped"):
+                state.set(_trial_name(trial), "stopped", result["stopped"])
+            elif result.get("packs_running"):
+                state.set(_trial_name(trial), "training")
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            if state.state["settings"].get(_trial_name(trial), {}).get("state") != "stopped":
+                state.set(_trial_name(trial), "done")
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            state.set(_trial_name(trial), "stopped", "the trial failed (see the log)")
+
+    return TrialStates()
+
+
 def tune_grid(store_path: str, config, settings: list[dict], seeds, run: str,
               workers: int | None = None, gpus_per_worker: float = 0, pack_size: int = 10,
               log=print, log_every: int = 10, tensorboard: bool = True,
-              report_every: float = REPORT_EVERY_S, verbose: int = 0):
+              report_every: float = REPORT_EVERY_S, verbose: int = 0,
+              wait_s: float = WAIT_FOR_CAPACITY_S):
     """Ray Tune over `settings` (e.g. [{"warmup": 30}, {"warmup": 40}, ...]).
     Each trial reports its progress every `report_every` seconds where it changed, and
     its trial_summary at the end (module docstring); `verbose` is Tune's (1: its status
     table every 30 s). Returns the ResultGrid."""
     from ray import tune
 
-    plan = plan_workers(workers, gpus_per_worker, len(settings))
-    log(f"{len(settings)} trial(s), {plan.workers} Train worker(s) each with {plan.resources}, "
-        f"{plan.concurrency} at once (FIFO)")
+    nodes = cluster_nodes()
+    plan = plan_workers(workers, gpus_per_worker, len(settings), nodes)
+    for line in plan_lines(plan, len(settings), nodes):
+        log(line)
     record_run(run, store_path, [config.replace(**s) for s in settings], seeds=seeds)
+    from mer_ray.progress import DriverState
+
+    state = DriverState(run, [setting_label(config.replace(**s)) for s in settings], log,
+                        note=plan_lines(plan, len(settings))[-1])
+    for label in [setting_label(config.replace(**s)) for s in settings][plan.concurrency:]:
+        state.set(label, "waiting")
     tuner = tune.Tuner(
         _named_trial(),
         param_space={"setting": tune.grid_search(settings), "config": config.to_dict(),
                      "seeds": [int(s) for s in seeds], "run": str(run),
                      "store": str(store_path), "plan": dataclasses.asdict(plan),
                      "pack_size": pack_size, "log_every": log_every,
-                     "tensorboard": tensorboard, "report_every": report_every},
+                     "tensorboard": tensorboard, "report_every": report_every,
+                     "wait_s": wait_s},
         tune_config=tune.TuneConfig(max_concurrent_trials=plan.concurrency,
                                     trial_name_creator=_trial_name,
                                     trial_dirname_creator=_trial_dirname),
@@ -453,11 +650,20 @@ def tune_grid(store_path: str, config, settings: list[dict], seeds, run: str,
             name=_grid_name(config, settings),
             storage_path=_storage(run),
             failure_config=tune.FailureConfig(max_failures=1),
-            verbose=verbose,
+            verbose=verbose, callbacks=[_state_callback(state)],
         ),
     )
-    grid = tuner.fit()
+    try:
+        grid = tuner.fit()
+    except BaseException:
+        state.close(keep=True)
+        raise
+    stopped = [r.metrics.get("stopped") for r in grid if r.metrics and r.metrics.get("stopped")]
     errors = [r.error for r in grid if r.error]
-    if errors:
-        raise RuntimeError(f"{len(errors)} trial(s) failed; first: {errors[0]}")
+    state.close(keep=bool(stopped or errors))
+    if stopped or errors:
+        lines = stopped + [f"a trial failed: {_first_line(e)}" for e in errors]
+        raise RunStopped(f"{len(lines)} of {len(settings)} trial(s) stopped: "
+                         + " | ".join(lines) + " (every saved member is kept; `mer-ray "
+                         f"status {run}` shows what is left)")
     return grid

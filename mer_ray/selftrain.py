@@ -42,6 +42,7 @@ class Training:
     tensorboard: bool = True
     tune_verbose: int = 0
     bar: bool = False
+    wait_s: float = 300.0  # Ray: how long a run waits for lost capacity (ray_train)
 
 
 @dataclass
@@ -174,11 +175,10 @@ def _train_round(store, store_location, out, configs: dict, settings, seeds, tra
     from mer_ray import ray_train
 
     if len(configs) == 1:
-        config = next(iter(configs.values()))
-        plan = ray_train.plan_workers(training.workers, training.gpus_per_worker)
-        ray_train.train_with_ray(store_location, config, seeds, out, plan, training.pack_size,
-                                 log=log, log_every=training.log_every,
-                                 tensorboard=training.tensorboard)
+        ray_train.train_alone(store_location, next(iter(configs.values())), seeds, out,
+                              training.workers, training.gpus_per_worker, training.pack_size,
+                              log=log, log_every=training.log_every,
+                              tensorboard=training.tensorboard, wait_s=training.wait_s)
         return
     base = next(iter(configs.values()))
     changes = [{k: v for k, v in c.to_dict().items() if v != getattr(base, k)}
@@ -186,7 +186,7 @@ def _train_round(store, store_location, out, configs: dict, settings, seeds, tra
     ray_train.tune_grid(store_location, base, changes, seeds, out, training.workers,
                         training.gpus_per_worker, training.pack_size, log=log,
                         log_every=training.log_every, tensorboard=training.tensorboard,
-                        verbose=training.tune_verbose)
+                        verbose=training.tune_verbose, wait_s=training.wait_s)
 
 
 def round_table(records: list[RoundRecord]) -> str:

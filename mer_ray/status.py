@@ -23,7 +23,7 @@ import time
 
 from mer_ray.errors import InputError
 from mer_ray.members import existing_member_ids, member_id, member_meta, member_path
-from mer_ray.progress import eta_text, read_progress
+from mer_ray.progress import HEARTBEAT_S, eta_text, read_driver_states, read_progress
 from mer_ray.run import all_specs, read_run, setting_label
 
 STALE_MIN_S = 300.0
@@ -51,6 +51,14 @@ def _alive(pid) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except (OSError, IndexError):
         return True
+
+
+def driver_alive(record: dict, now: float) -> bool:
+    """Whether a Ray driver's state file belongs to a driver still running: its process
+    (same host), else a heartbeat within a few HEARTBEAT_S."""
+    if record.get("host") == socket.gethostname():
+        return _alive(record.get("pid"))
+    return now - float(record.get("time", 0)) <= 3 * HEARTBEAT_S + 30
 
 
 def _pack_left_s(record: dict) -> float | None:
@@ -100,6 +108,17 @@ def run_status(run, now: float | None = None) -> dict:
     records = read_progress(run)
     for r in records:
         r["running"] = pack_running(r, now)
+    drivers = sorted(read_driver_states(run), key=lambda d: d.get("time", 0))
+    driven, stops = {}, {}  # the latest driver's word on each setting wins
+    for d in drivers:
+        live = driver_alive(d, now)
+        for label, entry in (d.get("settings") or {}).items():
+            driven.pop(label, None)
+            stops.pop(label, None)
+            if entry.get("state") == "stopped" and entry.get("reason"):
+                stops[label] = entry["reason"]
+            elif live:
+                driven[label] = entry.get("state")
     # a member in a running pack is in flight; in a stopped one (not saved) it is missing
     in_flight = {mid for r in records if r["running"]
                  for mid in r.get("members", {}) if mid not in complete}
@@ -133,6 +152,8 @@ def run_status(run, now: float | None = None) -> dict:
             "held_out": {k: _spread([v[k] for v in ok if v[k] is not None])
                          for k in ("f1", "combined")},
             "members": members,
+            "driver": driven.get(setting_label(config)),
+            "stopped_because": stops.get(setting_label(config)),
         })
     packs = []
     for r in sorted(records, key=lambda r: (not r["running"], r.get("started", 0))):
@@ -156,13 +177,19 @@ def run_status(run, now: float | None = None) -> dict:
     running = [p for p in packs if p["running"]]
     expected = sum(v["expected"] for v in views)
     saved = sum(v["saved"] for v in views)
+    live_states = {v["driver"] for v in views if v["driver"]}
     state = ("running" if running else "complete" if expected and saved >= expected
-             else "stopped" if saved or any(not p["running"] for p in packs) else "not started")
+             else "starting" if "starting" in live_states or "training" in live_states
+             else "waiting for resources" if "waiting" in live_states
+             else "stopped" if saved or any(not p["running"] for p in packs) or stops
+             else "not started")
     return {"run": str(run), "store": info.get("store"),
             "dataset": (info.get("dataset") or {}).get("name"), "state": state,
             "configs": views, "packs": packs, "eta_s": _eta_s(running, views),
+            "expected": expected, "saved": saved,
             "resume": [{"label": v["label"], "missing": v["missing"]}
-                       for v in views if v["missing"]] if not running else []}
+                       for v in views if v["missing"]]
+            if state in ("stopped", "not started") else []}
 
 
 def _spread(values: list[float]) -> dict | None:
@@ -202,9 +229,15 @@ def format_status(status: dict, members: bool = False) -> str:
     for v in status["configs"]:
         seeds = " ".join(map(str, v["seeds"])) or "none"
         note = "" if v["seeds_recorded"] else ", as found: run.json names none"
+        driver = {"waiting": "; waiting for resources (a running trial must finish "
+                             "first)",
+                  "starting": "; starting (its Train workers are being placed)",
+                  "training": "", "done": "", None: ""}.get(v["driver"], "")
         lines.append(f"{v['label']} (seeds {seeds}{note}): {v['saved']} of {v['expected']} "
                      f"member(s) saved ({len(v['failed'])} failed), {v['in_flight']} in "
-                     f"flight, {len(v['waiting'])} not started")
+                     f"flight, {len(v['waiting'])} not started{driver}")
+        if v["stopped_because"] and v["saved"] < v["expected"]:
+            lines.append(f"  stopped: {v['stopped_because']}")
         if v["best_epochs"]:
             be = sorted(v["best_epochs"])
             lines.append(f"  best epochs {be[0]}..{be[-1]} (median "
@@ -238,8 +271,15 @@ def format_status(status: dict, members: bool = False) -> str:
                          f"{'-' if p['epoch'] is None else p['epoch'] + 1}/{p['epochs']} "
                          f"{eta_text(p['updated_s_ago'])} ago; its unsaved members are "
                          "trained again by the same command")
+    if len(status["configs"]) > 1:
+        lines.append(f"in all: {status['saved']} of {status['expected']} member(s) saved")
     state = status["state"]
-    if state == "running":
+    if state in ("starting", "waiting for resources"):
+        lines.append(f"{state}: the Ray driver is up and no pack has reported yet" +
+                     (" (trials wait for capacity: fewer fit the cluster at once than the "
+                      "grid has)" if state == "waiting for resources" else
+                      " (Train is placing the workers; the first epoch follows)"))
+    elif state == "running":
         eta = status["eta_s"]
         lines.append("running: " + (f"ETA {eta_text(eta)} (upper estimate: early stopping "
                                     "can only shorten it)" if eta is not None

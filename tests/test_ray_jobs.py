@@ -1,15 +1,11 @@
 """A real Ray head on 127.0.0.1 (token auth on), `ray job submit` of a small tune through
 the CLI, the job followed to SUCCEEDED through the dashboard's job API, the head stopped."""
 
-import json
 import os
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
+import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
@@ -19,49 +15,27 @@ import ray
 
 from mer_ray.members import existing_member_ids
 from raytools import set_args, tiny_store
+from servers import BIN, RayNode, api
 
 ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture()
 def head(tmp_path):
-    """`ray start --head --block` with its own token (never the user's ~/.ray). SIGTERM to
-    that process drains this head and stops its processes alone: `ray stop` would end
-    every Ray on the machine, other sessions' and tests' included."""
+    """A Ray head with its own token (never the user's ~/.ray), stopped alone at the end."""
     token = uuid.uuid4().hex
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
     env.pop("RAY_ADDRESS", None)
-    port, dash = free_port(), free_port()
-    temp = Path(tempfile.mkdtemp(prefix="mr-", dir="/tmp"))  # socket paths must be short
-    log = tmp_path / "head.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [str(BIN / "ray"), "start", "--head", "--block", "--port", str(port),
-             "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--num-cpus", "2",
-             "--temp-dir", str(temp), "--disable-usage-stats"],
-            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    head = {"env": env, "token": token, "url": f"http://127.0.0.1:{dash}"}
+    node = RayNode(env, tmp_path / "head.log", cpus=2)
+    head = {"env": env, "token": token, "url": f"http://127.0.0.1:{node.dashboard}"}
     try:
         deadline = time.time() + 180
         while not answers(head):
-            assert proc.poll() is None and time.time() < deadline, log.read_text()
+            assert node.proc.poll() is None and time.time() < deadline, node.log.read_text()
             time.sleep(1)
         yield head
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)  # its own process group only
-            proc.wait()
-        shutil.rmtree(temp, ignore_errors=True)
+        node.stop()
 
 
 def answers(head) -> bool:
@@ -72,10 +46,7 @@ def answers(head) -> bool:
 
 
 def job_api(head, path):
-    req = urllib.request.Request(head["url"] + path,
-                                 headers={"Authorization": f"Bearer {head['token']}"})
-    with urllib.request.urlopen(req, timeout=10) as r:
-        return json.loads(r.read())
+    return api(head["url"], head["token"], path)
 
 
 def test_job_submit_tune_succeeds(head, tmp_path):

@@ -100,3 +100,29 @@ def test_train_with_ray_uses_gloo(monkeypatch, tmp_path):
     assert seen["torch_config"].backend == "gloo"
     assert seen["scaling_config"].use_gpu
     assert seen["scaling_config"].resources_per_worker == {"GPU": 0.3333, "CPU": 1.0}
+
+
+def test_plans_count_what_fits_node_by_node():
+    """Two 1-CPU nodes hold two 1-CPU workers or three 0.5-CPU ones, never three of
+    0.6666 (what the cluster's 2-CPU total suggests, and the third never starts)."""
+    two = [node(0, 1), node(0, 1)]
+    plan = plan_workers(None, 0, 3, two)
+    assert (plan.workers, plan.concurrency, plan.resources) == (1, 3, {"CPU": 0.5})
+    assert plan_workers(2, 0, 3, two).concurrency == 1
+    with pytest.raises(InputError, match="each on one node, but the cluster's 2 node"):
+        plan_workers(3, 0, 1, two)
+    gpus = [node(1, 4), node(1, 4)]
+    plan = plan_workers(None, 1, 3, gpus)
+    assert plan.resources == {"GPU": 0.5, "CPU": 1.0} and plan.concurrency == 3
+    with pytest.raises(InputError, match="no node of the Ray cluster holds"):
+        plan_workers(None, 1, 1, [{"GPU": 2.0, "CPU": 0.0}, node(0, 8)])
+
+
+def test_plan_lines_say_what_runs_and_what_waits():
+    from mer_ray.ray_train import plan_lines
+
+    two = [dict(node(0, 1), address="10.0.0.1"), dict(node(0, 1), address="10.0.0.2")]
+    lines = plan_lines(plan_workers(2, 0, 3, two), 3, two)
+    assert "on 2 node(s) (10.0.0.1: 1 CPU; 10.0.0.2: 1 CPU)" in lines[0]
+    assert lines[1].startswith("1 at once (FIFO): 2 trial(s) wait")
+    assert plan_lines(plan_workers(None, 0, 3, two), 3)[1].startswith("all 3 at once")

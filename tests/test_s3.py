@@ -3,60 +3,30 @@ server on 127.0.0.1, started here and stopped at the end): the cluster docs' com
 with `--store s3://...` and `--out s3://...` run as written."""
 
 import os
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 
 from mer_ray.cli import main
 from mer_ray.data.synth import synthesize
 from raytools import set_args
+from servers import moto_s3
 
 BUCKET = "mer-bucket"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    server = Path(sys.executable).with_name("moto_server")
-    if not server.exists():
-        pytest.skip("moto's standalone server is not installed (pip install 'moto[server]')")
-    port = free_port()
-    proc = subprocess.Popen([str(server), "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    endpoint = f"http://127.0.0.1:{port}"
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)  # pyarrow's S3 filesystem reads these (as a job's nodes would)
-    try:
-        import boto3
-
-        for _ in range(100):
-            try:
-                boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=BUCKET)
-                break
-            except Exception:
-                time.sleep(0.1)
-        else:
-            pytest.fail("moto server did not come up")
-        yield f"s3://{BUCKET}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+def s3():
+    with moto_s3(BUCKET) as env:
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)  # pyarrow's S3 filesystem reads these (as a job's nodes would)
+        try:
+            yield f"s3://{BUCKET}"
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
 
 
 @pytest.mark.slow

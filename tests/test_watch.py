@@ -201,3 +201,52 @@ def test_train_with_ray_hands_log_every_and_tensorboard_to_the_workers(monkeypat
                                     tensorboard=False) == 5
     assert seen["train_loop_config"]["log_every"] == 3
     assert seen["train_loop_config"]["tensorboard"] is False
+
+
+def test_status_tells_waiting_starting_stopped_and_done_from_the_driver(tmp_path, capsys):
+    """A Tune run of three settings where only two fit at once: status says the third
+    waits for resources and the others start; once the driver stopped (and is gone) it
+    names the reason and what the same command trains; the run's total is shown."""
+    import json
+
+    from mer_ray.cli import main
+    from mer_ray.progress import DriverState, read_driver_states
+    from mer_ray.run import record_run, setting_label
+    from raytools import fast_config
+
+    run = str(tmp_path / "run")
+    configs = [fast_config(warmup=w) for w in (1, 2, 3)]
+    labels = [setting_label(c) for c in configs]
+    record_run(run, "store", configs, seeds=[0])
+    state = DriverState(run, labels, log=lambda m: None)
+    try:
+        state.set(labels[0], "starting")
+        state.set(labels[1], "starting")  # the third stays waiting
+        assert main(["status", run]) == 0
+        text = capsys.readouterr().out
+        assert text.count("starting (its Train workers are being placed)") == 2
+        assert text.count("waiting for resources (a running trial must finish") == 1
+        assert "starting: the Ray driver is up" in text
+        assert "in all: 0 of 15 member(s) saved" in text
+        state.set(labels[0], "training")
+        state.set(labels[1], "done")
+        state.set(labels[2], "stopped", "node(s) 10.0.0.7 (ab12cd34) left the cluster")
+    finally:
+        state.close(keep=True)
+    # the driver has gone: a pid that is no process any more
+    record = read_driver_states(run)[0]
+    path = record.pop("location")
+    with open(path) as f:
+        kept = json.load(f)
+    kept["pid"] = 2 ** 22 + 1
+    with open(path, "w") as f:
+        json.dump(kept, f)
+    assert main(["status", run]) == 0
+    text = capsys.readouterr().out
+    assert "  stopped: node(s) 10.0.0.7 (ab12cd34) left the cluster" in text
+    assert "the same command resumes and trains" in text
+    # a driver that ends well leaves no file (here the same pid's: the stop is over)
+    done = DriverState(run, labels, log=lambda m: None)
+    done.close()
+    assert read_driver_states(run) == []
+    assert "stopped: node(s)" not in (main(["status", run]), capsys.readouterr().out)[1]
