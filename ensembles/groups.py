@@ -143,15 +143,19 @@ def _concat_oof(members) -> SplitPredictions:
     )
 
 
-def _fold_warnings(label: str, config: dict, folds: list[int]) -> list[str]:
+def _fold_warnings(label: str, config: dict, folds: list[int], seed: int = 0) -> list[str]:
     n_folds = int(config.get("n_folds", len(set(folds))))
     dup = sorted(f for f, c in Counter(folds).items() if c > 1)
     missing = sorted(set(range(n_folds)) - set(folds))
     out = []
     if missing:
+        have = len(set(folds))
         out.append(
-            f"{label}: has {len(set(folds))} of {n_folds} folds (missing {missing}); its test "
-            "predictions average the folds present and its cv covers only their held-out samples"
+            f"{label}: member(s) {' '.join(f'f{f}s{seed}' for f in missing)} missing, so "
+            f"{have} of {n_folds} folds: its cv covers only their held-out samples (about "
+            f"{100 * have // n_folds} % of train) and its test predictions average {have} "
+            "folds; the command that made the run, run again, trains only the missing "
+            "members (`mer-ray status RUN` lists them)"
         )
     if dup:
         out.append(f"{label}: fold(s) {dup} appear more than once; their predictions are averaged")
@@ -165,7 +169,7 @@ def build_group(config: dict, seed: int, members: list[MemberResult], label: str
     for split in members[0].test_splits:
         preds[split] = _mean_over_members(members, split)
     return Group(config=config, seed=seed, members=members, predictions=preds, label=label,
-                 warnings=_fold_warnings(label, config, [m.fold for m in members]))
+                 warnings=_fold_warnings(label, config, [m.fold for m in members], seed))
 
 
 def group_labels(keys: list[tuple[dict, int]]) -> list[str]:

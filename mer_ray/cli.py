@@ -15,6 +15,15 @@ from mer_ray.demo import DEMO_SCALE, DEMO_SEEDS
 from mer_ray.errors import InputError, RunStopped, StorageError
 
 
+def location(text: str) -> str:
+    """argparse type of a folder or URI flag: an empty value (an unset shell variable)
+    is refused, never taken as the current folder."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty (an unset shell variable?); give a folder "
+                                         "or URI, e.g. runs/v3 or s3://bucket/runs/v3")
+    return text
+
+
 def cmd_synth(args):
     from mer_ray.data.synth import TRUTH_CSV, planned_counts, synthesize
 
@@ -314,13 +323,16 @@ def cmd_predict(args):
     if exists(args.out) and not args.overwrite:
         raise InputError(f"--out {args.out} already exists; choose another or pass --overwrite")
     device = _device(args.device or "cpu")
+    t_load = time.perf_counter()
     predictor = Predictor.load(args.run, where=args.where, strategy=args.strategy,
                                device=device)
+    loading = time.perf_counter() - t_load
     candidates = None
     if args.candidates:
         from mer_ray.data.mertools import _candidates_rows
 
         candidates = _candidates_rows(args.candidates)
+    loading_store = 0.0
     if args.features is not None:
         pred = predictor.predict_features(args.features, missing=args.missing,
                                           candidates=candidates, progress=not args.quiet)
@@ -328,7 +340,9 @@ def cmd_predict(args):
     else:
         from mer_ray.data.store import read_store
 
+        t_store = time.perf_counter()
         store = read_store(args.store, verify=True)
+        loading_store = time.perf_counter() - t_store
         pred = predictor.predict_store(store, args.split, progress=not args.quiet)
         source = f"store {args.store} split {args.split or store.dataset.test_splits[0]}"
     shift = None
@@ -343,10 +357,15 @@ def cmd_predict(args):
     writing = time.perf_counter() - t1
     for what, n in pred.zeroed.items():
         print(f"--missing zero: {n} sample(s) had no {what}; that modality was zeroed for them")
+    total = time.perf_counter() - t0
+    parts = {"loading the members": loading, "reading the store (verified)": loading_store,
+             "reading the features": pred.seconds["reading"], "model": pred.seconds["model"],
+             "writing": writing}
+    parts["the rest (importing torch, checks)"] = max(0.0, total - sum(parts.values()))
     print(f"predicted {len(pred.names)} samples with {len(pred.member_logits)} members "
-          f"({predictor.strategy}) in {time.perf_counter() - t0:.1f} s: reading "
-          f"{pred.seconds['reading']:.1f} s, model {pred.seconds['model']:.1f} s, writing "
-          f"{writing:.1f} s")
+          f"({predictor.strategy}) in {total:.1f} s: "
+          + ", ".join(f"{k} {v:.1f} s" for k, v in parts.items()
+                      if args.store is not None or k != "reading the store (verified)"))
     counts = {c: pred.labels.count(c) for c in pred.classes}
     if shift is not None:
         print("\n".join(prior_lines(shift, pred.classes, f"the {len(pred.names)} samples")))
@@ -377,11 +396,11 @@ def _add_train_args(t, name: str) -> None:
     t.add_argument("--recipe", default=None, metavar="FILE",
                    help="a recipe file instead of --preset (`mer-ray search` writes one "
                    "into its run: RUN/recipe.yaml)")
-    t.add_argument("--store", required=True, help="feature store (mer-ray data import), a "
+    t.add_argument("--store", required=True, type=location, help="feature store (mer-ray data import), a "
                    "folder or URI (s3://, gs://, ...)")
     if name != "search":
         t.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds (default 0)")
-    t.add_argument("--out", required=True, help="run folder or URI (s3://, gs://, ...)")
+    t.add_argument("--out", required=True, type=location, help="run folder or URI (s3://, gs://, ...)")
     t.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a preset field, e.g. --set epochs=50 (repeatable)")
     if name == "tune":
@@ -485,7 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "candidates and a pool of 20,000 more unlabelled samples) or toy4 "
                         "(4 classes, small dims). The true classes of whatever is handed out "
                         "unlabelled go to DIR/truth.csv.")
-    s.add_argument("--out", required=True, help="folder to create")
+    s.add_argument("--out", required=True, type=location, help="folder to create")
     s.add_argument("--dataset", default="mer2023",
                    choices=("mer2023", "mer2024", "mer2025", "toy4"),
                    help="which dataset's shape (default mer2023)")
@@ -513,7 +532,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="labels: a CSV name,split,discrete[,valence]; a folder of <split>.csv "
                    "files name,discrete[,valence]; label-6way.npz / track1_label_6way.npz "
                    "(needs --trust-pickle); or train labels name,discrete with --candidates")
-    i.add_argument("--out", required=True, help="feature store folder or URI to create")
+    i.add_argument("--out", required=True, type=location, help="feature store folder or URI to create")
     for m in ("audio", "text", "video"):
         i.add_argument(f"--{m}", default=MER2023_FEATURES[m][0],
                        help=f"{m} feature folder name(s), comma-separated, or 'none' "
@@ -594,11 +613,11 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("run", metavar="RUN", nargs="+", help="run folder(s) or URI(s)")
     pr.add_argument("--features", default=None, metavar="DIR",
                     help="MERTools feature folder: DIR/<feature-name>/<sample>.npy")
-    pr.add_argument("--store", default=None, help="a feature store to predict instead")
+    pr.add_argument("--store", default=None, type=location, help="a feature store to predict instead")
     pr.add_argument("--split", default=None, help="--store's split (default: its only test split)")
     pr.add_argument("--candidates", default=None, metavar="CSV",
                     help="sample names (column name) to predict, in the submission's order")
-    pr.add_argument("--out", required=True, help="output folder (created)")
+    pr.add_argument("--out", required=True, type=location, help="output folder (created)")
     pr.add_argument("--missing", default="error", choices=("error", "zero"),
                     help="a sample lacking a modality: refuse (default) or zero that modality")
     pr.add_argument("--strategy", choices=("mean", "prob", "weighted", "greedy"),
@@ -638,7 +657,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "(dashboard on 127.0.0.1:8265) -> ensemble scores of test1/2/3. "
                        "The defaults (scale 0.2, three seeds) finish in under 8 minutes on "
                        "2 CPU cores.")
-    d.add_argument("--out", default="demo-run", help="working folder (default demo-run)")
+    d.add_argument("--out", default="demo-run", type=location, help="working folder (default demo-run)")
     d.add_argument("--seed", type=int, default=0, help="data seed (default 0)")
     d.add_argument("--scale", type=float, default=DEMO_SCALE,
                    help=f"fraction of MER2023's sample counts (default {DEMO_SCALE})")

@@ -49,8 +49,8 @@ import pyarrow.parquet as pq
 from mer_ray.dataset import MODALITIES, Dataset
 from mer_ray.errors import InputError
 from mer_ray.presets import ADDED_FIELDS
-from mer_ray.storage import (TMP_PREFIX, file_type, join, list_files, parent_and_name,
-                             resolve, storage_errors, write_bytes)
+from mer_ray.storage import (TMP_PREFIX, file_type, join, list_files, missing_bucket,
+                             parent_and_name, resolve, storage_errors, write_bytes)
 
 FORMAT = "mer-ray-member/2"
 OLD_FORMAT = "mer-ray-member/1"
@@ -256,7 +256,7 @@ def list_member_files(run) -> list[str]:
 
     kind = file_type(run)
     if kind == pafs.FileType.NotFound:
-        raise InputError(f"{run}: no such run folder")
+        raise InputError(missing_bucket(run) or f"{run}: no such run folder")
     if kind == pafs.FileType.File:
         if str(run).endswith(PARQUET):
             return [str(run)]

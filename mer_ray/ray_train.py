@@ -63,8 +63,7 @@ DEFAULT_TOKEN_FILE = "~/.ray/auth_token"
 # drops (skip; it stays in Ray's log files): the raylet's warning about many worker
 # processes started at once (trials hold no CPU on purpose) and the two-line deprecation
 # warning that Train's state tracking prints in every run. Ray tries the allow pattern
-# before the skip pattern. A job gets RAY_DEDUP_LOGS=0 from cluster/runtime_env.yaml
-# instead: there these lines are the cluster's to show.
+# before the skip pattern. A job gets the same two from cluster/runtime_env.yaml.
 _RAY_NOISE = "|".join((r"WARNING: \d+ PYTHON worker processes have been started",
                        r"\S*execution_options\.py:\d+: RayDeprecationWarning",
                        r"\s+self\.exclude_resources = exclude_resources$"))
@@ -86,6 +85,12 @@ def connect(address: str | None = None, log=print, num_cpus: int | None = None,
     if address:
         ctx = ray.init(address=address, log_to_driver=log_to_driver)
         log(f"joined the Ray cluster at {address}")
+        secrets = secret_names(ray.get_runtime_context().runtime_env.get("env_vars") or {})
+        if secrets:
+            log(f"warning: this job's runtime env carries {', '.join(secrets)}: Ray writes "
+                "a runtime env in plain text into its logs on every node; give the nodes "
+                "storage credentials through their own environment, an instance profile or "
+                "a credentials file (cluster/README.md, \"Storage credentials\")")
     else:
         # address="local": always a fresh instance, never a `ray start` cluster that
         # happens to run on this machine.
@@ -118,6 +123,15 @@ def connect(address: str | None = None, log=print, num_cpus: int | None = None,
     return True
 
 
+SECRET_WORDS = ("SECRET", "PASSWORD", "PASSWD", "TOKEN", "PRIVATE", "API_KEY",
+                "CREDENTIAL")
+
+
+def secret_names(env_vars: dict) -> list[str]:
+    """The names among `env_vars` that look like they hold a secret."""
+    return sorted(n for n in env_vars if any(w in n.upper() for w in SECRET_WORDS))
+
+
 # What connect() changed in this process's environment, to put back on disconnect():
 # RAY_API_SERVER_ADDRESS names this embedded Ray's dashboard, and left behind it would
 # send a later `ray job submit` (or another Ray) to a dashboard that is gone.
@@ -129,6 +143,26 @@ def _set_env(name: str, value: str, keep_users: bool = False) -> None:
         return  # a user's own setting wins
     _SAVED_ENV.setdefault(name, os.environ.get(name))
     os.environ[name] = value
+
+
+AUTO_LOGGERS_ENV = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"
+
+
+def _restore_env(name: str) -> None:
+    """Put back what _set_env changed for `name` (nothing if it kept the user's)."""
+    if name in _SAVED_ENV:
+        value = _SAVED_ENV.pop(name)
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+def _tensorboard_dir(run: str) -> str:
+    from mer_ray.progress import TENSORBOARD_DIR
+    from mer_ray.storage import join
+
+    return join(run, TENSORBOARD_DIR)
 
 
 def disconnect() -> None:
@@ -623,6 +657,7 @@ def tune_grid(store_path: str, config, settings: list[dict], seeds, run: str,
     its trial_summary at the end (module docstring); `verbose` is Tune's (1: its status
     table every 30 s). Returns the ResultGrid."""
     from ray import tune
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
     nodes = cluster_nodes()
     plan = plan_workers(workers, gpus_per_worker, len(settings), nodes)
@@ -650,14 +685,24 @@ def tune_grid(store_path: str, config, settings: list[dict], seeds, run: str,
             name=_grid_name(config, settings),
             storage_path=_storage(run),
             failure_config=tune.FailureConfig(max_failures=1),
-            verbose=verbose, callbacks=[_state_callback(state)],
+            # Tune's CSV and JSON loggers (progress.csv, result.json under RUN/ray/) but
+            # not its TensorBoard one: that holds the trials' reports, in Ray's temp
+            # folder on the head, and its hint would point there; the members' curves
+            # are in RUN/tensorboard.
+            verbose=verbose, callbacks=[_state_callback(state), CSVLoggerCallback(),
+                                        JsonLoggerCallback()],
         ),
     )
+    if tensorboard:
+        log(f"members' curves: tensorboard --logdir {_tensorboard_dir(run)}")
+    _set_env(AUTO_LOGGERS_ENV, "1", keep_users=True)
     try:
         grid = tuner.fit()
     except BaseException:
         state.close(keep=True)
         raise
+    finally:
+        _restore_env(AUTO_LOGGERS_ENV)
     stopped = [r.metrics.get("stopped") for r in grid if r.metrics and r.metrics.get("stopped")]
     errors = [r.error for r in grid if r.error]
     state.close(keep=bool(stopped or errors))

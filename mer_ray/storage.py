@@ -44,7 +44,40 @@ def resolve(location) -> tuple[pafs.FileSystem, str]:
         raise InputError(f"{location}: not a usable location ({e}); give a local path or a "
                          "URI pyarrow knows (s3://, gs://, hdfs://, file://)") from None
     except OSError as e:
-        raise StorageError(f"{location}: cannot reach this storage ({e})") from None
+        raise StorageError(f"{location}: cannot reach this storage ({e}){endpoint_hint(location)}"
+                           ) from None
+
+
+def endpoint_hint(location) -> str:
+    """For an s3:// location: which endpoint was asked and the settings that choose it
+    (a wrong or missing endpoint reads as "Could not resolve host ...amazonaws.com")."""
+    if not str(location).startswith("s3://"):
+        return ""
+    if "endpoint_override=" in str(location):
+        return "; the endpoint is the location's ?endpoint_override="
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    return (f"; endpoint {endpoint} from AWS_ENDPOINT_URL" if endpoint else
+            "; no endpoint set, so AWS's own: for another S3-compatible server set "
+            "AWS_ENDPOINT_URL on every node (or ?endpoint_override=HOST:PORT)")
+
+
+def missing_bucket(location) -> str | None:
+    """For an object-store location whose bucket does not exist: one line saying so
+    (else a missing bucket reads like a missing store or run); None otherwise."""
+    location = str(location)
+    if not location.startswith(("s3://", "gs://", "gcs://")):
+        return None
+    base, _ = _split_query(location)
+    bucket = base.split("://", 1)[1].split("/", 1)[0]
+    try:
+        fs, _path = resolve(location)
+        kind = fs.get_file_info(bucket).type
+    except (OSError, InputError, StorageError):
+        return None
+    if kind != pafs.FileType.NotFound:
+        return None
+    return (f"{location}: the bucket {bucket!r} does not exist" + endpoint_hint(location)
+            + "; create it or check the name")
 
 
 def absolute(location) -> str:
@@ -72,7 +105,7 @@ def file_type(location) -> pafs.FileType:
     try:
         return fs.get_file_info(path).type
     except OSError as e:
-        raise StorageError(f"{location}: cannot be read ({e})") from None
+        raise StorageError(f"{location}: cannot be read ({e}){endpoint_hint(location)}") from None
 
 
 def exists(location) -> bool:
@@ -153,12 +186,16 @@ def storage_error(exc: OSError, location: str, doing: str = "writing") -> Storag
         return StorageError(f"cannot write {location} ({exc.strerror or exc}); make it "
                             "writable or choose another --out, then run the same command "
                             "again to resume")
-    return StorageError(f"{doing} {location} failed: {exc}")
+    return StorageError(f"{doing} {location} failed: {exc}{endpoint_hint(location)}")
 
 
 def check_output_folder(location, what: str = "--out") -> None:
     """Refuse an output location that cannot be a folder: a file, a path below a file,
-    an unknown URI scheme; and, locally, a folder that cannot be written."""
+    an unknown URI scheme, an empty name (an unset shell variable would otherwise mean
+    the current folder); and, locally, a folder that cannot be written."""
+    if not str(location).strip():
+        raise InputError(f"{what} is empty (an unset shell variable?); give the folder to "
+                         f"write, e.g. {what} runs/v3")
     fs, path = resolve(location)
     kind = file_type(location)
     if kind == pafs.FileType.File:

@@ -203,8 +203,11 @@ def test_runtime_env_pip_is_pyproject_minus_ray(runtime_env):
 
 def test_job_env_fills_the_train_api_and_folds_no_lines(runtime_env, kuberay):
     """A job's driver prints every progress line (Ray would fold lines that differ only in
-    numbers) and its Train runs are tracked; the KubeRay RayJob runs with the same env."""
-    assert {"RAY_DEDUP_LOGS": "0", "RAY_TRAIN_ENABLE_STATE_TRACKING": "1"}.items() \
+    numbers) but not the raylet's worker-count warnings, as an embedded Ray does; its
+    Train runs are tracked; the KubeRay RayJob runs with the same env."""
+    from mer_ray.ray_train import CONSOLE_ENV
+
+    assert {**CONSOLE_ENV, "RAY_TRAIN_ENABLE_STATE_TRACKING": "1"}.items() \
         <= runtime_env["env_vars"].items()
     job = yaml.safe_load(kuberay["RayJob"]["spec"]["runtimeEnvYAML"])
     assert job["env_vars"] == runtime_env["env_vars"]

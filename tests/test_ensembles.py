@@ -12,6 +12,7 @@ from mer_ray.members import (MASKS, MemberResult, SplitPredictions, mask_key, me
 from mer_ray.presets import PRESETS
 from ensembles.groups import make_groups, score_group, seed_table
 from ensembles.load import load_members
+from ensembles.score import evaluate, format_evaluation
 from ensembles.strategies import combine, softmax
 from ensembles.where import filter_members
 
@@ -173,6 +174,10 @@ def test_seed_table_and_incomplete_group(run):
     partial = [m for m in members if m.config["warmup"] == 30 and m.seed == 0 and m.fold < 3]
     (g,) = make_groups(partial)
     assert g.warnings and "3 of 5 folds" in g.warnings[0]
+    # which members are missing, what cv covers, how to train them
+    assert "member(s) f3s0 f4s0 missing" in g.warnings[0] and "about 60 % of train" in g.warnings[0]
+    assert "trains only the missing members" in g.warnings[0]
+    assert format_evaluation(evaluate(partial, "mean")).startswith(f"warning: {g.warnings[0]}")
     assert len(g.predictions["oof"].names) == 36  # the held-out samples of folds 0-2
     assert "warning:" in seed_table(partial)
 

@@ -65,6 +65,7 @@ def test_predict_a_store_split_equals_the_stored_predictions(trained, tmp_path, 
     assert predict(run, out, "--store", store, "--split", "test2", "--strategy", strategy) == 0
     text = capsys.readouterr().out
     assert "predicted 21 samples with 10 members" in text and "reading" in text
+    assert "loading the members" in text and "the rest (importing torch, checks)" in text
     # every member's logits on test2: as its member file holds them
     table = pq.read_table(out / "member_logits.parquet").to_pydict()
     for f in list_member_files(run):

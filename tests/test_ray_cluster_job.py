@@ -81,6 +81,7 @@ def submit(c, job_id, store, run, seeds):
     start timeout (5 s, so the test's bounded wait of 10 s is two tries)."""
     runtime = yaml.safe_load((ROOT / "cluster" / "runtime_env.yaml").read_text())
     runtime["env_vars"]["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = "5"
+    runtime["env_vars"]["MY_API_TOKEN"] = "not-a-secret"  # the warning, seen in the logs
     path = c["tmp"] / "runtime_env.yaml"
     path.write_text(yaml.safe_dump(runtime))
     sub = subprocess.run(
@@ -132,6 +133,7 @@ def test_node_loss_on_a_real_cluster_job(cluster, tmp_path, capsys):
     assert "left the cluster" in logs and "go to 1 worker(s) on the nodes left" in logs
     assert len(existing_member_ids(run)) == 10
     assert logs.count("saved robust_v3-") == 10  # each member once
+    assert "warning: this job's runtime env carries MY_API_TOKEN" in logs
     drained_s = ended - lost_at
 
     # 2. the last node with CPUs killed: a bounded wait, then one line and exit 1

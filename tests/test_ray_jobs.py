@@ -77,5 +77,7 @@ def test_job_submit_tune_succeeds(head, tmp_path):
     assert "joined the Ray cluster" in logs and "warmup=1" in logs
     # runtime_env.yaml: every line as printed, and the Train runs tracked by name
     assert "across cluster" not in logs
+    assert "PYTHON worker processes have been started" not in logs
+    assert "RayDeprecationWarning" not in logs
     runs = job_api(head, "/api/train/v2/runs/v1")["train_runs"]
     assert sorted(r["name"].split("-")[2] for r in runs) == ["warmup=0", "warmup=1"], runs

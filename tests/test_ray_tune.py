@@ -33,14 +33,20 @@ def expected_ids(config, seeds):
     return {member_id(config.to_dict(), f, s) for f, s in all_specs(config, seeds)}
 
 
-def test_three_trial_tune_on_two_cpus_finishes(cluster, store, tmp_path):
-    """3 trials on 2 CPUs: no deadlock, every member of every trial saved, scores reported."""
+def test_three_trial_tune_on_two_cpus_finishes(cluster, store, tmp_path, capfd):
+    """3 trials on 2 CPUs: no deadlock, every member of every trial saved, scores reported;
+    the TensorBoard hint names the run's curves, not Tune's folder in Ray's temp."""
     run = str(tmp_path / "run")
     base = fast_config()
     settings = [{"warmup": 0}, {"warmup": 1}, {"warmup": 2}]
     plan = plan_workers(None, 0, len(settings))
     assert plan.concurrency * plan.workers * plan.resources["CPU"] <= 2
-    grid = tune_grid(store, base, settings, [0], run, pack_size=5, log=lambda *a: None)
+    lines = []
+    grid = tune_grid(store, base, settings, [0], run, pack_size=5, log=lines.append,
+                     verbose=1)
+    assert f"members' curves: tensorboard --logdir {run}/tensorboard" in lines
+    assert "To visualize your results with TensorBoard" not in capfd.readouterr().out
+    assert "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS" not in os.environ  # put back
     want = set().union(*(expected_ids(base.replace(**s), [0]) for s in settings))
     assert existing_member_ids(run) == want  # 15 members, each once
     assert len(grid) == 3
@@ -55,6 +61,7 @@ def test_three_trial_tune_on_two_cpus_finishes(cluster, store, tmp_path):
         trial = Path(r.path).name
         assert trial.startswith(f"robust_v3-warmup={r.config['setting']['warmup']}-"), trial
         assert (ray_dir / f"train-{trial}").is_dir()  # its TorchTrainer run
+        assert (Path(r.path) / "progress.csv").is_file()  # Tune's own logs are kept
 
 
 def _csv_rows(path: Path) -> list[dict]:

@@ -79,3 +79,19 @@ def test_s3_mistakes_are_one_line(s3, capsys):
     assert "is not a feature store" in capsys.readouterr().err
     assert main(["ensemble", "score", f"{s3}/no-such-run"]) == 2
     assert "no such run folder" in capsys.readouterr().err
+
+
+def test_a_missing_bucket_and_a_dead_endpoint_say_so(s3, capsys, monkeypatch):
+    from servers import free_port
+
+    assert main(["data", "summary", "s3://no-such-bucket/store"]) == 2
+    err = capsys.readouterr().err
+    assert "the bucket 'no-such-bucket' does not exist" in err
+    assert f"endpoint {os.environ['AWS_ENDPOINT_URL']} from AWS_ENDPOINT_URL" in err
+    assert main(["ensemble", "score", "s3://no-such-bucket/run"]) == 2
+    assert "the bucket 'no-such-bucket' does not exist" in capsys.readouterr().err
+    dead = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("AWS_ENDPOINT_URL", dead)
+    assert main(["data", "summary", f"{s3}/store"]) == 1
+    err = capsys.readouterr().err
+    assert f"endpoint {dead} from AWS_ENDPOINT_URL" in err and "Traceback" not in err

@@ -41,8 +41,8 @@ import pyarrow.parquet as pq
 
 from mer_ray.dataset import MODALITIES, TRAIN, Dataset
 from mer_ray.errors import InputError
-from mer_ray.storage import (check_output_folder, exists, is_uri, join, read_bytes, resolve,
-                             storage_errors, write_bytes)
+from mer_ray.storage import (check_output_folder, exists, is_uri, join, missing_bucket,
+                             read_bytes, resolve, storage_errors, write_bytes)
 
 FORMAT = "mer-ray-store/2"
 OLD_FORMATS = ("mer-ray-store/1",)
@@ -301,6 +301,9 @@ def check_finite(x: np.ndarray, names, what: str) -> None:
 
 # ---------------------------------------------------------------- reading
 def _is_store_hint(location: str) -> str:
+    bucket = missing_bucket(location)
+    if bucket:
+        return bucket
     return (f"{location} is not a feature store (expected {SAMPLES_FILE} and "
             f"{MANIFEST_FILE}); create one with `mer-ray data import` or `mer-ray data synth`")
 
