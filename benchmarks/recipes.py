@@ -3,7 +3,7 @@ per-modality robustness setting vs the best searched recipe, 3 seeds each, then 
 ensemble of all of them. Selection (of the per-modality setting and of the searched
 recipe) uses out-of-fold scores and train-vs-test feature shift only, never a test label.
 
-    .venv/bin/python benchmarks/recipes.py --out /work/exp/recipes [--scale 1.0] \\
+    .venv/bin/python benchmarks/recipes.py --out recipes-bench [--scale 1.0] \\
         [--trials 8] [--seeds 0 1 2] [--epochs 100]
 
 Everything goes through the CLI in this process (`--no-ray`, so the figures do not mix in

@@ -1,4 +1,4 @@
-"""MER2023's facts, as one built-in dataset description (see shared DESIGN.md).
+"""MER2023's facts, as one built-in dataset description (docs/contracts.md).
 
 Only the synthetic generator and the importer's defaults read these: everything else
 reads the dataset from the store or the member files (mer_ray.dataset).

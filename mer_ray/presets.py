@@ -1,4 +1,4 @@
-"""Training recipes as dataclass configs (values from shared DESIGN.md).
+"""Training recipes as dataclass configs (the published values; docs/recipes.md).
 
 Every field's valid values are declared once, next to the field (`rule(...)`), and
 `TrainConfig` checks them itself when it is made, like scikit-learn's parameter

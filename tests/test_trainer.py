@@ -247,8 +247,8 @@ def test_stalled_member_gets_lr_cut_and_stops_while_others_go_on(small_store, mo
 
 
 def test_a_member_is_bit_for_bit_the_same_in_any_pack(small_store):
-    """DESIGN: a member's result depends only on (config, fold, seed, data), not on how
-    many members share its pack. On CPU that holds bit for bit: a last-bit difference
+    """The pack invariant: a member's result depends only on (config, fold, seed, data),
+    not on how many members share its pack. On CPU that holds bit for bit: a last-bit difference
     grows, over a 100-epoch run, into a member as different as another seed's (measured:
     the same member id from a 5- and a 15-member pack, logits up to 3.9 apart). With
     plateau cuts (members at different learning rates), early stops (the pack shrinks),

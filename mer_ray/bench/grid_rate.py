@@ -1,4 +1,4 @@
-"""Figure: members per minute for the warmup grid of DESIGN.md (robust_v3 at warmups
+"""Figure: members per minute for the warmup grid (robust_v3 at warmups
 30/40/50 x seeds x 5 folds, one pack per warmup): extrapolated from the packs figure
 (`--quick`) or measured on the grid's own packs at reduced epochs (`--full`)."""
 
