@@ -343,6 +343,11 @@ class PackProgressFile:
 def read_progress(run) -> list[dict]:
     """Every pack progress file of a run (unreadable or half-written ones skipped: a
     reader never waits on a writer), each with its `location`."""
+    return _read_records(run, PROGRESS_FORMAT)
+
+
+def _read_records(run, record_format: str) -> list[dict]:
+    """The JSON files in RUN/progress of one format, each with its `location`."""
     from mer_ray.errors import StorageError
     from mer_ray.storage import list_files, read_bytes
 
@@ -356,7 +361,7 @@ def read_progress(run) -> list[dict]:
             record = json.loads(read_bytes(location))
         except (OSError, ValueError):
             continue  # removed meanwhile, or not ours
-        if isinstance(record, dict) and record.get("format") == PROGRESS_FORMAT:
+        if isinstance(record, dict) and record.get("format") == record_format:
             record["location"] = location
             out.append(record)
     return out
@@ -480,20 +485,4 @@ class DriverState:
 
 def read_driver_states(run) -> list[dict]:
     """The driver state files of a run (unreadable ones skipped)."""
-    from mer_ray.errors import StorageError
-    from mer_ray.storage import list_files, read_bytes
-
-    out = []
-    try:
-        files = list_files(progress_dir(run), ".json")
-    except StorageError:
-        return out
-    for location in files:
-        try:
-            record = json.loads(read_bytes(location))
-        except (OSError, ValueError):
-            continue
-        if isinstance(record, dict) and record.get("format") == DRIVER_FORMAT:
-            record["location"] = location
-            out.append(record)
-    return out
+    return _read_records(run, DRIVER_FORMAT)

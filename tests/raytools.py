@@ -34,6 +34,19 @@ def capture_torch_trainer(monkeypatch) -> dict:
     return seen
 
 
+def wait_until(condition, timeout: float, what: str, detail=lambda: "") -> None:
+    """Poll `condition` until it holds; fail naming `what` (and `detail()`) after
+    `timeout` seconds."""
+    import time
+
+    end = time.time() + timeout
+    while time.time() < end:
+        if condition():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"{what}: not within {timeout} s\n{detail()}")
+
+
 def set_args():
     return [a for s in FAST for a in ("--set", s)]
 

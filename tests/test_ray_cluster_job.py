@@ -22,7 +22,7 @@ import yaml
 
 from mer_ray.cli import main
 from mer_ray.members import existing_member_ids
-from raytools import set_args, tiny_store
+from raytools import set_args, tiny_store, wait_until
 from servers import BIN, RayNode, api, moto_s3
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,15 +65,6 @@ def alive_cpus(url, token) -> float:
     nodes = api(url, token, "/nodes?view=summary")["data"]["summary"]
     return sum(n["raylet"].get("resourcesTotal", {}).get("CPU", 0.0) for n in nodes
                if n["raylet"].get("state") == "ALIVE")
-
-
-def wait_until(condition, timeout, what, detail=lambda: ""):
-    end = time.time() + timeout
-    while time.time() < end:
-        if condition():
-            return
-        time.sleep(1)
-    raise AssertionError(f"{what}: not within {timeout} s\n{detail()}")
 
 
 def submit(c, job_id, store, run, seeds):

@@ -18,7 +18,7 @@ from mer_ray.members import existing_member_ids, member_id
 from mer_ray.ray_train import START_TIMEOUT_ENV, cluster_nodes, plan_workers, train_alone
 from mer_ray.run import all_specs, record_run
 from mer_ray.status import format_status, run_status
-from raytools import fast_config, tiny_store
+from raytools import fast_config, tiny_store, wait_until
 
 START_TIMEOUT_S = "5"
 WAIT_S = 10.0
@@ -49,29 +49,27 @@ def expected_ids(config, seeds):
     return {member_id(config.to_dict(), f, s) for f, s in all_specs(config, seeds)}
 
 
-def in_thread(fn):
-    """Run fn in a thread; its result or error lands in the returned dict."""
+def train_then_lose(c, node, store, config, run, lines) -> dict:
+    """train_alone in a thread; once a member is saved, `node` leaves the cluster for
+    good. Returns the thread's outcome ("value" or "error", "ended") and "lost_at"."""
     out = {}
 
     def go():
         try:
-            out["value"] = fn()
+            out["value"] = train_alone(store, config, [0, 1], run, pack_size=1,
+                                       log=lines.append, wait_s=WAIT_S, tensorboard=False)
         except BaseException as e:  # noqa: BLE001 - checked by the test
             out["error"] = e
         out["ended"] = time.time()
 
-    out["thread"] = threading.Thread(target=go, daemon=True)
-    out["thread"].start()
+    thread = threading.Thread(target=go, daemon=True)
+    thread.start()
+    wait_until(lambda: len(existing_member_ids(run)) >= 1, 240, "a first member")
+    out["lost_at"] = time.time()
+    c.remove_node(node)
+    thread.join(timeout=400)
+    assert not thread.is_alive(), "the run hung after the node was lost"
     return out
-
-
-def wait_for(condition, timeout, what):
-    end = time.time() + timeout
-    while time.time() < end:
-        if condition():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"{what}: not within {timeout} s")
 
 
 @pytest.mark.slow
@@ -87,19 +85,13 @@ def test_members_of_a_lost_node_go_to_the_worker_left(cluster, store, tmp_path):
     plan = plan_workers(None, 0, 1, nodes)
     assert plan.workers == 2 and plan.resources == {"CPU": 1.0}
     run, config, lines = str(tmp_path / "run"), fast_config(epochs=25), []
-    job = in_thread(lambda: train_alone(store, config, [0, 1], run, pack_size=1,
-                                        log=lines.append, wait_s=WAIT_S, tensorboard=False))
-    wait_for(lambda: len(existing_member_ids(run)) >= 1, 240, "a first member")
-    lost_at = time.time()
-    c.remove_node(node)
-    job["thread"].join(timeout=400)
-    assert not job["thread"].is_alive(), "the run hung after the node was lost"
+    job = train_then_lose(c, node, store, config, run, lines)
     assert "error" not in job, job.get("error")
     assert existing_member_ids(run) == expected_ids(config, [0, 1])
     replan = [line for line in lines if "left the cluster" in line]
     assert replan and "go to 1 worker(s) on the nodes left" in replan[0], lines
     assert node.node_ip_address in replan[0]
-    print(f"node lost -> run finished: {job['ended'] - lost_at:.0f} s")
+    print(f"node lost -> run finished: {job['ended'] - job['lost_at']:.0f} s")
 
 
 @pytest.mark.slow
@@ -113,13 +105,7 @@ def test_no_capacity_left_stops_the_run_with_what_is_left_and_resumes(cluster, s
     ray.init(address=c.address)
     run, config, lines = str(tmp_path / "run"), fast_config(epochs=25), []
     record_run(run, store, [config], seeds=[0, 1])  # as `mer-ray train` does first
-    job = in_thread(lambda: train_alone(store, config, [0, 1], run, pack_size=1,
-                                        log=lines.append, wait_s=WAIT_S, tensorboard=False))
-    wait_for(lambda: len(existing_member_ids(run)) >= 1, 240, "a first member")
-    lost_at = time.time()
-    c.remove_node(node)
-    job["thread"].join(timeout=300)
-    assert not job["thread"].is_alive(), "the run hung after its only node was lost"
+    job = train_then_lose(c, node, store, config, run, lines)
     stop = job.get("error")
     assert isinstance(stop, RunStopped), job
     saved = len(existing_member_ids(run))
@@ -128,14 +114,14 @@ def test_no_capacity_left_stops_the_run_with_what_is_left_and_resumes(cluster, s
     assert node.node_ip_address in text and "left the cluster" in text
     assert f"{saved} of 10 member(s) saved" in text and f"{10 - saved} still to train" in text
     # the bound: two start timeouts and a re-plan, not an open-ended wait
-    print(f"node lost -> run stopped: {job['ended'] - lost_at:.0f} s")
-    assert job["ended"] - lost_at < 120
+    print(f"node lost -> run stopped: {job['ended'] - job['lost_at']:.0f} s")
+    assert job["ended"] - job["lost_at"] < 120
     shown = format_status(run_status(run))
     assert "stopped: " in shown and "left the cluster" in shown, shown
     assert f"{10 - saved} member(s)" in shown or "trains exactly" in shown, shown
 
     c.add_node(num_cpus=2)
-    wait_for(lambda: sum(n["CPU"] for n in cluster_nodes()) >= 2, 60, "the new node")
+    wait_until(lambda: sum(n["CPU"] for n in cluster_nodes()) >= 2, 60, "the new node")
     lines.clear()
     assert train_alone(store, config, [0, 1], run, pack_size=1, log=lines.append,
                        wait_s=WAIT_S, tensorboard=False) == 10 - saved
