@@ -67,9 +67,10 @@ def alive_cpus(url, token) -> float:
                if n["raylet"].get("state") == "ALIVE")
 
 
-def submit(c, job_id, store, run, seeds):
-    """`ray job submit` as the README says, with a runtime env that adds only Train's
-    start timeout (5 s, so the test's bounded wait of 10 s is two tries)."""
+def submit(c, job_id, store, run, seeds, command=("train",), epochs=400):
+    """`ray job submit` of `mer-ray train` (or `command`) as the README says, with a
+    runtime env that adds only Train's start timeout (5 s, so the test's bounded wait of
+    10 s is two tries) and a harmless secret-looking variable."""
     runtime = yaml.safe_load((ROOT / "cluster" / "runtime_env.yaml").read_text())
     runtime["env_vars"]["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = "5"
     runtime["env_vars"]["MY_API_TOKEN"] = "not-a-secret"  # the warning, seen in the logs
@@ -78,9 +79,9 @@ def submit(c, job_id, store, run, seeds):
     sub = subprocess.run(
         [str(BIN / "ray"), "job", "submit", "--address", c["url"], "--no-wait",
          "--submission-id", job_id, "--working-dir", str(ROOT), "--runtime-env", str(path),
-         "--", sys.executable, "-m", "mer_ray.cli", "train", "--store", store, "--out", run,
-         "--seeds", *map(str, seeds), *set_args(), "--set", "epochs=400", "--pack-size", "5",
-         "--wait-for-capacity", "10"],
+         "--", sys.executable, "-m", "mer_ray.cli", *command, "--store", store, "--out", run,
+         "--seeds", *map(str, seeds), *set_args(), "--set", f"epochs={epochs}",
+         "--pack-size", "5", "--wait-for-capacity", "10"],
         env=c["env"], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert sub.returncode == 0, sub.stdout + sub.stderr
 
@@ -110,6 +111,26 @@ def test_node_loss_on_a_real_cluster_job(cluster, tmp_path, capsys):
     local = tiny_store(tmp_path / "store")
     pafs.copy_files(local, f"s3://{BUCKET}/store")
     store, run = f"s3://{BUCKET}/store", f"s3://{BUCKET}/runs/v3"
+
+    # 0. a grid of three trials on two 1-CPU nodes: two at once, the third waits quietly
+    # and `mer-ray status` says so
+    grid = f"s3://{BUCKET}/runs/grid"
+    submit(c, "grid", store, grid, [0], ("tune", "--warmup", "1", "2", "3", "--workers", "1"),
+           epochs=150)
+    seen = []
+
+    def third_waits():
+        main(["status", grid])  # exit 2 until the driver has written run.json
+        seen.append(capsys.readouterr().out)
+        return "waiting for resources (a running trial must finish first)" in seen[-1]
+
+    wait_until(third_waits, 300, "a trial waiting for resources in mer-ray status",
+               lambda: seen[-1] + job_logs(c, "grid")[-2000:])
+    status, logs, _ = finished(c, "grid")
+    assert status == "SUCCEEDED", logs[-4000:]
+    assert "2 at once (FIFO): 1 trial(s) wait, quietly" in logs
+    assert "WorkerGroupStartupTimeoutError" not in logs  # waiting is not retrying
+    assert len(existing_member_ids(grid)) == 15
 
     # 1. a node drained mid-run: the members go on, on the node left
     submit(c, "drain", store, run, [0, 1])
