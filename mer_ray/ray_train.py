@@ -446,17 +446,24 @@ def train_with_ray(store_path: str, config, seeds, run: str, plan: Plan,
                 state.set(label, "done")
             return total
         except TrainingFailedError as e:
-            alive = {n["id"] for n in cluster_nodes()}
+            nodes_now = cluster_nodes()
+            alive = {n["id"] for n in nodes_now}
             lost = [n for i, n in nodes_before.items() if i not in alive]
             left = pending_specs(run, config, specs)
             if not left:
                 return total
-            slots = _slots([n for n in nodes_before.values() if n["id"] in alive],
-                           plan.resources)
+            slots = _slots(nodes_now, plan.resources)
+            if not lost and slots >= workers:
+                # no capacity lost: the workers themselves failed, and their error (raised
+                # as it is) says why; re-planning would only fail again
+                if state is not None:
+                    state.set(label, "stopped", f"{label}: its workers failed "
+                                                f"({_first_line(e)})")
+                raise
             saved_since = len(todo) - len(left)
             gone = ", ".join(f"{n['address']} ({n['id'][:8]})" for n in lost)
             why = (f"node(s) {gone} left the cluster" if lost else
-                   f"its workers failed ({_first_line(e)})")
+                   "the cluster no longer holds its workers")
             if slots >= 1 and replans < MAX_REPLANS and (replans == 0 or saved_since):
                 replans, todo = replans + 1, left
                 workers = min(workers, slots, len(left))

@@ -126,3 +126,57 @@ def test_plan_lines_say_what_runs_and_what_waits():
     assert "on 2 node(s) (10.0.0.1: 1 CPU; 10.0.0.2: 1 CPU)" in lines[0]
     assert lines[1].startswith("1 at once (FIFO): 2 trial(s) wait")
     assert plan_lines(plan_workers(None, 0, 3, two), 3)[1].startswith("all 3 at once")
+
+
+def failing_trainer(monkeypatch, nodes_seen: list[list[dict]]):
+    """A TorchTrainer whose fit() fails as Train's does, on a made-up cluster whose nodes
+    are `nodes_seen` in turn (before the fit, after it)."""
+    import ray
+    import ray.train.torch
+    from ray.train import TrainingFailedError
+
+    from mer_ray import ray_train
+
+    class Failing:
+        def __init__(self, *args, **kw):
+            pass
+
+        def fit(self):
+            raise TrainingFailedError("Training failed due to worker errors: boom")
+
+    monkeypatch.setattr(ray.train.torch, "TorchTrainer", Failing)
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    views = iter(nodes_seen)
+    monkeypatch.setattr(ray_train, "cluster_nodes", lambda: next(views))
+
+
+def test_a_crash_on_a_whole_cluster_is_raised_as_it_is(monkeypatch, tmp_path):
+    """No node lost and room for every worker: the workers' own error, not a capacity
+    stop and not a re-plan that would only fail again."""
+    from ray.train import TrainingFailedError
+
+    from mer_ray import ray_train
+    from mer_ray.presets import get_preset
+
+    here = [{"CPU": 2.0, "GPU": 0.0, "address": "10.0.0.1", "id": "a" * 16}]
+    failing_trainer(monkeypatch, [here, here])
+    with pytest.raises(TrainingFailedError, match="boom"):
+        ray_train.train_with_ray("store", get_preset("robust_v3"), [0], str(tmp_path / "run"),
+                                 Plan(2, 1, {"CPU": 1.0}), log=lambda *a: None)
+
+
+def test_a_lost_node_and_no_room_left_is_one_clear_stop(monkeypatch, tmp_path):
+    from mer_ray import ray_train
+    from mer_ray.errors import RunStopped
+    from mer_ray.presets import get_preset
+
+    head = {"CPU": 0.0, "GPU": 0.0, "address": "10.0.0.1", "id": "h" * 16}
+    gone = {"CPU": 1.0, "GPU": 0.0, "address": "10.0.0.7", "id": "c8c8dce1" + "0" * 8}
+    failing_trainer(monkeypatch, [[head, gone], [head]])
+    with pytest.raises(RunStopped) as e:
+        ray_train.train_with_ray("store", get_preset("robust_v3"), [0], str(tmp_path / "run"),
+                                 Plan(1, 1, {"CPU": 1.0}), log=lambda *a: None, wait_s=30)
+    text = str(e.value)
+    assert "node(s) 10.0.0.7 (c8c8dce1) left the cluster" in text
+    assert "(1 CPU each) within 30 s" in text
+    assert "0 of 5 member(s) saved and kept, 5 still to train (f0s0 f1s0 f2s0 f3s0 f4s0)" in text
