@@ -331,13 +331,9 @@ class PackProgressFile:
                      "`mer-ray status` will not see this pack; training goes on")
 
     def close(self) -> None:
-        from mer_ray.storage import resolve
+        from mer_ray.storage import remove_quietly
 
-        fs, path = resolve(self.location)
-        try:
-            fs.delete_file(path)
-        except OSError:
-            pass
+        remove_quietly(self.location)
 
 
 def read_progress(run) -> list[dict]:
@@ -370,15 +366,11 @@ def _read_records(run, record_format: str) -> list[dict]:
 def remove_finished_progress(run, complete: set[str]) -> None:
     """Delete progress files whose members are all saved (packs that stopped before
     removing theirs, their members trained since by a resumed run)."""
-    from mer_ray.storage import resolve
+    from mer_ray.storage import remove_quietly
 
     for record in read_progress(run):
         if set(record.get("members", {})) <= complete:
-            fs, path = resolve(record["location"])
-            try:
-                fs.delete_file(path)
-            except OSError:
-                pass
+            remove_quietly(record["location"])
 
 
 def pack_consumers(run, config, specs, member_ids, log=print, log_every: int = LOG_EVERY,
@@ -469,18 +461,14 @@ class DriverState:
 
     def close(self, keep: bool = False) -> None:
         """Stop the heartbeat; remove the file unless `keep` (a stopped run's reason)."""
-        from mer_ray.storage import resolve
+        from mer_ray.storage import remove_quietly
 
         self.stop.set()
         self.thread.join(timeout=5)
         if keep:
             self._write()
             return
-        fs, path = resolve(self.location)
-        try:
-            fs.delete_file(path)
-        except OSError:
-            pass
+        remove_quietly(self.location)
 
 
 def read_driver_states(run) -> list[dict]:

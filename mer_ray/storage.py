@@ -143,6 +143,11 @@ def _remove_quietly(fs, path):
         pass
 
 
+def remove_quietly(location) -> None:
+    """Delete a file if it is there (best-effort files: progress, driver state)."""
+    _remove_quietly(*resolve(location))
+
+
 def list_files(location, suffix: str = "", recursive: bool = False) -> list[str]:
     """Locations of the finished files under a folder (temporary files left out)."""
     fs, path = resolve(location)
