@@ -50,6 +50,10 @@ class Group:
         return [m.fold for m in self.members]
 
     @property
+    def missing_folds(self) -> list[int]:
+        return _missing_folds(self.config, self.folds)
+
+    @property
     def warmup(self):
         return self.config.get("warmup")
 
@@ -143,10 +147,14 @@ def _concat_oof(members) -> SplitPredictions:
     )
 
 
+def _missing_folds(config: dict, folds: list[int]) -> list[int]:
+    return sorted(set(range(int(config.get("n_folds", len(set(folds)))))) - set(folds))
+
+
 def _fold_warnings(label: str, config: dict, folds: list[int], seed: int = 0) -> list[str]:
     n_folds = int(config.get("n_folds", len(set(folds))))
     dup = sorted(f for f, c in Counter(folds).items() if c > 1)
-    missing = sorted(set(range(n_folds)) - set(folds))
+    missing = _missing_folds(config, folds)
     out = []
     if missing:
         have = len(set(folds))

@@ -159,7 +159,8 @@ def format_evaluation(ev: Evaluation) -> str:
     g = ev.groups
     # a group short of folds changes what every figure below means: said first, and again
     # with the notes at the end
-    blocks = [f"warning: {w}" for w in ev.warnings if " missing, so " in w] + [
+    # (_fold_warnings puts the missing-folds warning first)
+    blocks = [f"warning: {group.warnings[0]}" for group in g if group.missing_folds] + [
         format_table(ev.scores, f"ensemble ({ev.strategy}, {len(g)} group(s) of "
                                 f"{len(ev.members)} member(s))", ev.notes_for(ev.ensemble)),
         format_table(ev.group_scores[ev.best], f"best single group (by cv "

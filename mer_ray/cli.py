@@ -358,14 +358,15 @@ def cmd_predict(args):
     for what, n in pred.zeroed.items():
         print(f"--missing zero: {n} sample(s) had no {what}; that modality was zeroed for them")
     total = time.perf_counter() - t0
-    parts = {"loading the members": loading, "reading the store (verified)": loading_store,
-             "reading the features": pred.seconds["reading"], "model": pred.seconds["model"],
-             "writing": writing}
+    parts = {"loading the members": loading}
+    if args.store is not None:
+        parts["reading the store (verified)"] = loading_store
+    parts.update({"reading the features": pred.seconds["reading"],
+                  "model": pred.seconds["model"], "writing": writing})
     parts["the rest (importing torch, checks)"] = max(0.0, total - sum(parts.values()))
     print(f"predicted {len(pred.names)} samples with {len(pred.member_logits)} members "
           f"({predictor.strategy}) in {total:.1f} s: "
-          + ", ".join(f"{k} {v:.1f} s" for k, v in parts.items()
-                      if args.store is not None or k != "reading the store (verified)"))
+          + ", ".join(f"{k} {v:.1f} s" for k, v in parts.items()))
     counts = {c: pred.labels.count(c) for c in pred.classes}
     if shift is not None:
         print("\n".join(prior_lines(shift, pred.classes, f"the {len(pred.names)} samples")))
@@ -396,11 +397,13 @@ def _add_train_args(t, name: str) -> None:
     t.add_argument("--recipe", default=None, metavar="FILE",
                    help="a recipe file instead of --preset (`mer-ray search` writes one "
                    "into its run: RUN/recipe.yaml)")
-    t.add_argument("--store", required=True, type=location, help="feature store (mer-ray data import), a "
+    t.add_argument("--store", required=True, type=location,
+                   help="feature store (mer-ray data import), a "
                    "folder or URI (s3://, gs://, ...)")
     if name != "search":
         t.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds (default 0)")
-    t.add_argument("--out", required=True, type=location, help="run folder or URI (s3://, gs://, ...)")
+    t.add_argument("--out", required=True, type=location,
+                   help="run folder or URI (s3://, gs://, ...)")
     t.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a preset field, e.g. --set epochs=50 (repeatable)")
     if name == "tune":
@@ -532,7 +535,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="labels: a CSV name,split,discrete[,valence]; a folder of <split>.csv "
                    "files name,discrete[,valence]; label-6way.npz / track1_label_6way.npz "
                    "(needs --trust-pickle); or train labels name,discrete with --candidates")
-    i.add_argument("--out", required=True, type=location, help="feature store folder or URI to create")
+    i.add_argument("--out", required=True, type=location,
+                   help="feature store folder or URI to create")
     for m in ("audio", "text", "video"):
         i.add_argument(f"--{m}", default=MER2023_FEATURES[m][0],
                        help=f"{m} feature folder name(s), comma-separated, or 'none' "
@@ -613,7 +617,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("run", metavar="RUN", nargs="+", help="run folder(s) or URI(s)")
     pr.add_argument("--features", default=None, metavar="DIR",
                     help="MERTools feature folder: DIR/<feature-name>/<sample>.npy")
-    pr.add_argument("--store", default=None, type=location, help="a feature store to predict instead")
+    pr.add_argument("--store", default=None, type=location,
+                    help="a feature store to predict instead")
     pr.add_argument("--split", default=None, help="--store's split (default: its only test split)")
     pr.add_argument("--candidates", default=None, metavar="CSV",
                     help="sample names (column name) to predict, in the submission's order")
@@ -657,7 +662,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "(dashboard on 127.0.0.1:8265) -> ensemble scores of test1/2/3. "
                        "The defaults (scale 0.2, three seeds) finish in under 8 minutes on "
                        "2 CPU cores.")
-    d.add_argument("--out", default="demo-run", type=location, help="working folder (default demo-run)")
+    d.add_argument("--out", default="demo-run", type=location,
+                   help="working folder (default demo-run)")
     d.add_argument("--seed", type=int, default=0, help="data seed (default 0)")
     d.add_argument("--scale", type=float, default=DEMO_SCALE,
                    help=f"fraction of MER2023's sample counts (default {DEMO_SCALE})")

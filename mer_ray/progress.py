@@ -390,7 +390,6 @@ def pack_consumers(run, config, specs, member_ids, log=print, log_every: int = L
 # ---------------------------------------------------------------- the Ray driver's view
 DRIVER_FORMAT = "mer-ray-driver/1"
 HEARTBEAT_S = 10.0
-DRIVER_STATES = ("waiting", "starting", "training", "done", "stopped")
 
 
 class DriverState:

@@ -170,12 +170,8 @@ def disconnect() -> None:
     import ray
 
     ray.shutdown()
-    for name, value in _SAVED_ENV.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
-    _SAVED_ENV.clear()
+    for name in list(_SAVED_ENV):
+        _restore_env(name)
 
 
 def _token_source() -> str:
@@ -401,8 +397,6 @@ def train_with_ray(store_path: str, config, seeds, run: str, plan: Plan,
     `mer-ray status` informed."""
     from ray.train import RunConfig, ScalingConfig, TrainingFailedError
     from ray.train.torch import TorchConfig, TorchTrainer
-
-    from mer_ray.errors import RunStopped
 
     label = setting_label(config)
     specs, todo = missing(run, config, seeds, log)
@@ -666,17 +660,17 @@ def tune_grid(store_path: str, config, settings: list[dict], seeds, run: str,
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
-    nodes = cluster_nodes()
-    plan = plan_workers(workers, gpus_per_worker, len(settings), nodes)
-    for line in plan_lines(plan, len(settings), nodes):
-        log(line)
-    record_run(run, store_path, [config.replace(**s) for s in settings], seeds=seeds)
     from mer_ray.progress import DriverState
 
-    state = DriverState(run, [setting_label(config.replace(**s)) for s in settings], log,
-                        note=plan_lines(plan, len(settings))[-1])
-    for label in [setting_label(config.replace(**s)) for s in settings][plan.concurrency:]:
-        state.set(label, "waiting")
+    nodes = cluster_nodes()
+    plan = plan_workers(workers, gpus_per_worker, len(settings), nodes)
+    lines = plan_lines(plan, len(settings), nodes)
+    for line in lines:
+        log(line)
+    configs = [config.replace(**s) for s in settings]
+    record_run(run, store_path, configs, seeds=seeds)
+    # every setting starts as waiting; Tune's callback moves each on as its trial starts
+    state = DriverState(run, [setting_label(c) for c in configs], log, note=lines[-1])
     tuner = tune.Tuner(
         _named_trial(),
         param_space={"setting": tune.grid_search(settings), "config": config.to_dict(),

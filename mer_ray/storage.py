@@ -44,8 +44,8 @@ def resolve(location) -> tuple[pafs.FileSystem, str]:
         raise InputError(f"{location}: not a usable location ({e}); give a local path or a "
                          "URI pyarrow knows (s3://, gs://, hdfs://, file://)") from None
     except OSError as e:
-        raise StorageError(f"{location}: cannot reach this storage ({e}){endpoint_hint(location)}"
-                           ) from None
+        raise StorageError(f"{location}: cannot reach this storage "
+                           f"({e}){endpoint_hint(location)}") from None
 
 
 def endpoint_hint(location) -> str:
