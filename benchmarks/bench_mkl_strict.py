@@ -43,7 +43,7 @@ def child(stores: dict, epochs: int) -> dict:
     import mer_ray  # noqa: F401  (sets MKL's mode before torch loads, unless opted out)
     from mer_ray.bench.runs import fold_specs, timed_train
     from mer_ray.data.store import read_store
-    from mer_ray.presets import get_preset
+    from mer_ray.train.presets import get_preset
 
     cfg = get_preset("robust_v3").replace(epochs=epochs, early_stop_patience=None, warmup=1)
     loaded = {scale: read_store(path) for scale, path in stores.items()}

@@ -32,8 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def build_run(tmp: Path) -> Path:
     from mer_ray.data.store import read_store
     from mer_ray.data.synth import synthesize_store
-    from mer_ray.presets import get_preset
-    from mer_ray.run import record_run, train_grid_here
+    from mer_ray.train.presets import get_preset
+    from mer_ray.runs.run import record_run, train_grid_here
 
     store = synthesize_store(tmp / "store", seed=0, scale=0.2)
     config = get_preset("robust_v3").replace(epochs=1)

@@ -78,8 +78,8 @@ def round_rows(run, truth, seeds, rounds, classes):
     import pyarrow.parquet as pq
 
     from ensembles.groups import trial_summary
-    from mer_ray.pseudo import labels_file
-    from mer_ray.run import read_config_members
+    from mer_ray.runs.pseudo_labels import labels_file
+    from mer_ray.runs.run import read_config_members
 
     rows = []
     for r, (c, seconds) in enumerate(rounds):
@@ -112,9 +112,9 @@ def round_rows(run, truth, seeds, rounds, classes):
 
 def run_chain(store_path, store, run, base, seeds, rounds, selection, truth, classes, log):
     """Rounds 0..R of one selection, each trained even if its cv did not improve."""
-    from mer_ray.pseudo import ensure_labels
-    from mer_ray.run import record_run, train_grid_here
-    from mer_ray.selftrain import round_config
+    from mer_ray.selftrain.pseudo import ensure_labels
+    from mer_ray.runs.run import record_run, train_grid_here
+    from mer_ray.selftrain.rounds import round_config
 
     done = []
     for r in range(rounds + 1):
@@ -133,9 +133,9 @@ def run_chain(store_path, store, run, base, seeds, rounds, selection, truth, cla
 def oracle_round(store_path, store, run, base, seeds, truth, classes, log):
     """Round 1 with the pool's true labels as its pseudo-labels: the most any selection
     of this pool could give (whether labels are scarce enough for a pool to matter)."""
-    from mer_ray.pseudo import ALL_FOLDS, RoundLabels, write_labels
-    from mer_ray.run import record_run, train_grid_here
-    from mer_ray.selftrain import round_config
+    from mer_ray.runs.pseudo_labels import ALL_FOLDS, RoundLabels, write_labels
+    from mer_ray.runs.run import record_run, train_grid_here
+    from mer_ray.selftrain.rounds import round_config
 
     c = round_config(base, 1, dict(pseudo_threshold=1.0, pseudo_teachers="all",
                                    pseudo_cap=None))
@@ -160,7 +160,7 @@ def oracle_round(store_path, store, run, base, seeds, truth, classes, log):
 def prior_part(run, base, seeds, truth, classes):
     from ensembles.prior import class_prior, estimate_prior
     from ensembles.strategies import softmax
-    from mer_ray.run import read_config_members
+    from mer_ray.runs.run import read_config_members
 
     members = read_config_members(run, base, seeds)
     names, logits = candidate_logits(members)
@@ -189,9 +189,9 @@ def label_at_scale(args) -> dict:
 def label_child(n_pool: int, workdir: Path) -> dict:
     from mer_ray.data.store import read_store
     from mer_ray.data.synth import synthesize_store
-    from mer_ray.presets import get_preset
-    from mer_ray.pseudo import teacher_votes
-    from mer_ray.run import read_config_members, train_grid_here
+    from mer_ray.train.presets import get_preset
+    from mer_ray.selftrain.pseudo import teacher_votes
+    from mer_ray.runs.run import read_config_members, train_grid_here
 
     store_path = workdir / "big-store"
     if not (store_path / "manifest.json").exists():
@@ -242,7 +242,7 @@ def main() -> int:
     import mer_ray  # noqa: F401  (MKL's mode, before torch)
     from mer_ray.data.store import read_store
     from mer_ray.data.synth import read_truth, synthesize_store
-    from mer_ray.presets import get_preset
+    from mer_ray.train.presets import get_preset
 
     def log(msg):
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)

@@ -15,7 +15,7 @@ folder. Figures, in the order they run (`--figures` picks some):
   pack       one 25-member pack vs one member alone, seconds per member-epoch (median
              of the epochs after the first; robust_v3, early stopping off, modality
              dropout from epoch 1, so the epochs compare)
-  reference  mer_ray.reference.train_member (one member in plain PyTorch), per epoch,
+  reference  mer_ray.train.reference.train_member (one member in plain PyTorch), per epoch,
              beside train_pack with K=1
   precision  fp32 / tf32 / bf16 on the same 25 members: seconds per member-epoch and the
              test1 logits' distance to fp32's
@@ -24,7 +24,7 @@ folder. Figures, in the order they run (`--figures` picks some):
   grid       the warmup grid: robust_v3, warmups 30/40/50 x 5 folds x 5 seeds = 75
              members, 100 epochs with the recipe's early stopping, as 3 packs of 25 one
              after the other (one config per pack), end to end on one GPU, no Ray
-  ray        (--ray) the same grid through mer_ray.ray_train.tune_grid with 1/3 GPU per
+  ray        (--ray) the same grid through mer_ray.distributed.ray_train.tune_grid with 1/3 GPU per
              Train worker (the 3 trials share the GPU), Ray's start inside the timing,
              against the same grid without Ray writing the same member files
 
@@ -59,8 +59,8 @@ import torch  # noqa: E402
 
 from mer_ray.data.store import read_store  # noqa: E402
 from mer_ray.data.synth import synthesize_store  # noqa: E402
-from mer_ray.presets import get_preset  # noqa: E402
-from mer_ray.trainer import TrainData, train_pack  # noqa: E402
+from mer_ray.train.presets import get_preset  # noqa: E402
+from mer_ray.train.trainer import TrainData, train_pack  # noqa: E402
 
 SCHEMA = "mer-ray gpu-bench 1"
 FIGURES = ("pytest", "pack", "reference", "precision", "memory", "grid", "ray")  # run order
@@ -189,12 +189,12 @@ def fig_pack(bench: Bench):
 
 
 def fig_reference(bench: Bench):
-    from mer_ray import reference
+    from mer_ray.train import reference
 
     cfg = bench.config()
     if not hasattr(reference, "train_member"):
         add(bench, "reference_epoch_ms", "reference loop (plain PyTorch), per epoch", None,
-            "ms", "mer_ray.reference has no train_member here: see single_member_epoch_ms "
+            "ms", "mer_ray.train.reference has no train_member here: see single_member_epoch_ms "
             "(train_pack with K=1) instead")
         return
     stamps = []
@@ -211,7 +211,7 @@ def fig_reference(bench: Bench):
     _, pack1 = epoch_seconds(bench, cfg, [(0, 0)])
     bench.details["reference"] = {"reference_epoch_s": seconds, "pack1_epoch_s": pack1}
     add(bench, "reference_epoch_ms", "reference loop (plain PyTorch), per epoch",
-        steady(seconds) * 1e3, "ms", "mer_ray.reference.train_member, member (0, 0)")
+        steady(seconds) * 1e3, "ms", "mer_ray.train.reference.train_member, member (0, 0)")
     add(bench, "reference_vs_pack1", "reference loop / train_pack K=1, per epoch",
         steady(seconds) / steady(pack1), "x", "same member, same epochs")
 
@@ -339,8 +339,8 @@ def fig_ray(bench: Bench):
             f"skipped: Ray is not importable here ({e}); on the GPU node install the "
             "bundle first (docs/gpu.md)")
         return
-    from mer_ray.ray_train import PREEMPTION_WATCHER_ENV, tune_grid
-    from mer_ray.run import train_grid_here
+    from mer_ray.distributed.ray_train import PREEMPTION_WATCHER_ENV, tune_grid
+    from mer_ray.runs.run import train_grid_here
 
     base, settings = grid_configs(bench)
     seeds = list(range(bench.profile.seeds))
@@ -367,14 +367,14 @@ def fig_ray(bench: Bench):
     finally:
         ray.shutdown()
     wall = time.perf_counter() - t0
-    from mer_ray.members import existing_member_ids
+    from mer_ray.runs.members import existing_member_ids
 
     same = existing_member_ids(str(bench.tmp / "run-ray")) == existing_member_ids(
         str(bench.tmp / "run-here"))
     bench.details["ray"] = {"here_s": here, "ray_s": wall, "ray_start_s": started,
                             "gpus_per_worker": gpus, "same_members": same}
     add(bench, "grid_files_s", "grid without Ray, member files written", here, "s",
-        "mer_ray.run.train_grid_here: the work each Ray worker does")
+        "mer_ray.runs.run.train_grid_here: the work each Ray worker does")
     add(bench, "ray_s", "grid through Ray Tune + Train", wall, "s",
         f"ray.init inside ({started:.1f} s); {gpus:.3g} GPU per worker; same members "
         f"saved: {same}")

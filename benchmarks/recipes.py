@@ -86,8 +86,8 @@ def main():
     run("search", *common, "--out", out / "search", "--trials", args.trials,
         "--seed", args.seeds[0])
     from ensembles.groups import trial_summary
-    from mer_ray.presets import get_preset
-    from mer_ray.run import read_config_members
+    from mer_ray.train.presets import get_preset
+    from mer_ray.runs.run import read_config_members
     from mer_ray.search import best_trials, draw_settings
 
     draws = draw_settings(args.trials, 0, modalities=read_store(store).modalities)

@@ -15,7 +15,7 @@ The names below load on first use, so `import ensembles` (and `mer-ray --help`) 
 light: neither torch nor Ray, and scikit-learn only when something is scored.
 """
 
-from mer_ray.members import list_member_files, read_member
+from mer_ray.runs.members import list_member_files, read_member
 
 _LAZY = {
     "load_members": "ensembles.load",

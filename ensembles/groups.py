@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mer_ray.dataset import Dataset
+from mer_ray.data.dataset import Dataset
 from mer_ray.errors import InputError
-from mer_ray.members import OOF, MemberResult, SplitPredictions
+from mer_ray.train.result import OOF, MemberResult, SplitPredictions
 
 from ensembles.tables import format_table, score_splits, unlabelled_lines
 

@@ -1,7 +1,7 @@
 """Load the members of one or more runs, filter them, and refuse unsafe mixes.
 
 A run is a folder or pyarrow filesystem URI holding `members/<member_id>.parquet`
-(see `mer_ray.members`) and, when the trainer CLI made it, `run.json` naming the
+(see `mer_ray.runs.members`) and, when the trainer CLI made it, `run.json` naming the
 feature store. Every refusal is an `InputError` naming the file at fault, because
 averaging logits of members trained on different data or class orders would give a
 silently wrong score. Members saved as failed (they diverged before any finite epoch)
@@ -15,7 +15,8 @@ import json
 import numpy as np
 
 from mer_ray.errors import InputError
-from mer_ray.members import MEMBERS_DIR, MemberResult, list_member_files, read_member
+from mer_ray.runs.members import MEMBERS_DIR, list_member_files, read_member
+from mer_ray.train.result import MemberResult
 from mer_ray.storage import join, read_bytes
 
 from ensembles.where import filter_members

@@ -2,7 +2,7 @@
 
 (a) Masked modalities. Every member file holds, per test set, predictions with each
 single modality and each pair zeroed at inference through the model's
-modality-dropout path (`mer_ray.members.mask_sets`). They are combined exactly like the
+modality-dropout path (`mer_ray.train.result.mask_sets`). They are combined exactly like the
 unmasked predictions (fold mean within a group, then the ensemble's weights; uniform
 mean for the default strategy) and scored next to the unmasked ensemble.
 

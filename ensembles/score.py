@@ -37,10 +37,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mer_ray.errors import InputError
-from mer_ray.members import MemberResult
+from mer_ray.train.result import MemberResult
 
-from mer_ray.dataset import Dataset
-from mer_ray.members import OOF
+from mer_ray.data.dataset import Dataset
+from mer_ray.train.result import OOF
 
 from ensembles.groups import Group, cv_score, make_groups, score_group
 from ensembles.load import load_members

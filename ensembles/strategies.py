@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mer_ray.errors import InputError
-from mer_ray.members import SplitPredictions
+from mer_ray.train.result import SplitPredictions
 
 from ensembles.groups import Group, rows_in
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import math
 
-from mer_ray.dataset import Dataset
-from mer_ray.metrics import score
-from mer_ray.members import OOF
+from mer_ray.data.dataset import Dataset
+from mer_ray.train.metrics import score
+from mer_ray.train.result import OOF
 
 CV = "cv"
 COLUMNS = (("F1", "f1"), ("acc", "acc"), ("MSE", "mse"), ("combined", "combined"))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mer_ray.constants import MER2023_FEATURES
+from mer_ray.data.constants import MER2023_FEATURES
 from mer_ray.demo import DEMO_SCALE, DEMO_SEEDS
 from mer_ray.errors import InputError, RunStopped, StorageError
 
@@ -66,12 +66,12 @@ def cmd_summary(args):
 
 def _recipe(args):
     """--preset or --recipe FILE, then every --set."""
-    from mer_ray.presets import get_preset, parse_override
+    from mer_ray.train.presets import get_preset, parse_override
 
     if getattr(args, "recipe", None):
         if args.preset is not None:
             raise InputError("give --preset or --recipe, not both")
-        from mer_ray.recipes import read_recipe, store_warning
+        from mer_ray.train.recipes import read_recipe, store_warning
 
         config, info = read_recipe(args.recipe)
         if not getattr(args, "_recipe_warned", False):
@@ -90,8 +90,8 @@ def _recipe(args):
 
 
 def _grid(args) -> list[dict]:
-    from mer_ray.presets import field_value
-    from mer_ray.run import grid_settings
+    from mer_ray.train.presets import field_value
+    from mer_ray.runs.run import grid_settings
 
     grid = {}
     if getattr(args, "warmup", None):
@@ -126,8 +126,8 @@ def _run_grid(args, settings):
     member files)."""
     import os
 
-    from mer_ray.preflight import preflight, replace_out
-    from mer_ray.run import absolute, record_run, train_grid_here
+    from mer_ray.runs.preflight import preflight, replace_out
+    from mer_ray.runs.run import absolute, record_run, train_grid_here
 
     _check_flags(args)
     args.store, args.out = absolute(args.store), absolute(args.out)
@@ -142,7 +142,7 @@ def _run_grid(args, settings):
     seeds = checked.seeds
     record_run(args.out, args.store, configs, checked.store.manifest, seeds=seeds)
     if args.no_ray:
-        from mer_ray.progress import use_bar
+        from mer_ray.runs.progress import use_bar
 
         train_grid_here(checked.store, args.store, config, settings, seeds, args.out,
                         args.pack_size, device, log_every=args.log_every,
@@ -150,7 +150,7 @@ def _run_grid(args, settings):
         return config, seeds, None
     del checked  # the workers read the store themselves
 
-    from mer_ray import ray_train
+    from mer_ray.distributed import ray_train
 
     started = ray_train.connect(args.address)
     try:
@@ -185,7 +185,7 @@ def _device(requested: str | None) -> str:
 def cmd_train(args):
     from ensembles.groups import seed_table
 
-    from mer_ray.run import read_config_members
+    from mer_ray.runs.run import read_config_members
 
     config, seeds, _ = _run_grid(args, [{}])
     members = read_config_members(args.out, config, seeds, log=print)
@@ -196,7 +196,7 @@ def cmd_train(args):
 def cmd_tune(args):
     from ensembles.groups import trial_summary, trial_table
 
-    from mer_ray.run import read_config_members
+    from mer_ray.runs.run import read_config_members
 
     settings = _grid(args)
     config, seeds, rows = _run_grid(args, settings)
@@ -209,7 +209,7 @@ def cmd_tune(args):
 
 def cmd_search(args):
     from ensembles.groups import trial_summary
-    from mer_ray.run import read_config_members
+    from mer_ray.runs.run import read_config_members
     from mer_ray.data.store import read_manifest
     from mer_ray.search import (SPACE, best_trials, draw_settings, search_table, seed_spread,
                                 spread_lines, write_search_recipe)
@@ -244,7 +244,7 @@ def cmd_search(args):
 def _selection(args) -> dict:
     """The self-training flags as the pseudo_* fields of rounds >= 1 (checked by the
     fields' own rules)."""
-    from mer_ray.presets import check_field
+    from mer_ray.train.presets import check_field
 
     chosen = {"pseudo_threshold": args.threshold, "pseudo_top_k": args.top_k,
               "pseudo_agreement": args.agreement, "pseudo_weight": args.pseudo_weight,
@@ -271,9 +271,9 @@ def _selection(args) -> dict:
 
 
 def cmd_selftrain(args):
-    from mer_ray.progress import use_bar
-    from mer_ray.run import absolute
-    from mer_ray.selftrain import Training, selftrain
+    from mer_ray.runs.progress import use_bar
+    from mer_ray.runs.run import absolute
+    from mer_ray.selftrain.rounds import Training, selftrain
 
     _check_flags(args)
     args.store, args.out = absolute(args.store), absolute(args.out)
@@ -294,7 +294,7 @@ def cmd_selftrain(args):
 def cmd_status(args):
     import json
 
-    from mer_ray.status import format_status, run_status
+    from mer_ray.runs.status import format_status, run_status
 
     status = run_status(args.run)
     if args.json:
@@ -389,7 +389,7 @@ DEFAULT_PRESET = "robust_v3"
 
 
 def _add_train_args(t, name: str) -> None:
-    from mer_ray.presets import PRESETS
+    from mer_ray.train.presets import PRESETS
 
     t.add_argument("--preset", default=None,
                    help=f"{', '.join(PRESETS)} (default {DEFAULT_PRESET}): the published "

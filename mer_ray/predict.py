@@ -1,6 +1,6 @@
 """Predict new data with a run's kept members: `mer-ray predict` and the Python API.
 
-A run keeps every member's best-epoch weights (mer_ray.weights). `Predictor.load(run)`
+A run keeps every member's best-epoch weights (mer_ray.model.weights). `Predictor.load(run)`
 picks members exactly as `mer-ray ensemble score` does (`where`, `strategy`: the same
 members, the same group weights, fitted on the stored out-of-fold predictions only),
 loads their weights and runs them in packs (one batched forward per pack of members
@@ -30,7 +30,8 @@ from pathlib import Path
 import numpy as np
 
 from mer_ray.errors import InputError
-from mer_ray.members import SplitPredictions, weights_path
+from mer_ray.runs.members import weights_path
+from mer_ray.train.result import SplitPredictions
 from mer_ray.storage import exists
 
 PREDICT_SPLIT = "predict"
@@ -103,9 +104,9 @@ class Predictor:
         """Members already read (MemberResults with their weights beside them)."""
         from ensembles.groups import group_members, make_groups
         from ensembles.strategies import STRATEGIES, combine
-        from mer_ray.model import ModelShape
-        from mer_ray.reference import from_state_dict
-        from mer_ray.weights import read_weights
+        from mer_ray.model.shape import ModelShape
+        from mer_ray.model.weights import from_state_dict
+        from mer_ray.model.weights import read_weights
 
         if strategy not in STRATEGIES:
             raise InputError(f"--strategy {strategy!r}: choose one of {', '.join(STRATEGIES)}")
@@ -327,7 +328,7 @@ class Predictor:
     def _run_pack(self, pack: list[_Loaded], arrays, present):
         import torch
 
-        from mer_ray import model as M
+        from mer_ray.model import pack as M
 
         device = torch.device(self.device)
         k = len(pack)

@@ -159,9 +159,9 @@ def spread_lines(rows, spreads, best: int) -> list[str]:
 
 def write_search_recipe(args, config, setting: dict, rows, spreads, best: int, manifest,
                         seeds) -> str:
-    """RUN/recipe.yaml: the chosen trial as a recipe file (mer_ray.recipes) with what
+    """RUN/recipe.yaml: the chosen trial as a recipe file (mer_ray.train.recipes) with what
     chose it."""
-    from mer_ray.recipes import RECIPE_FILE, write_recipe
+    from mer_ray.train.recipes import RECIPE_FILE, write_recipe
     from mer_ray.storage import join
 
     chosen = config.replace(**setting)
@@ -186,6 +186,6 @@ def write_search_recipe(args, config, setting: dict, rows, spreads, best: int, m
 
 
 def _base_name(config) -> str:
-    from mer_ray.presets import PRESETS
+    from mer_ray.train.presets import PRESETS
 
     return config.preset if config.preset in PRESETS else "robust_v3"

@@ -8,14 +8,15 @@ import pytest
 import torch
 
 from mer_ray import bench as B
-from mer_ray import model as M
+from mer_ray.model import pack as M
+from mer_ray.model.shape import ModelShape, layer_shapes
 from mer_ray.bench import gemm, grid_rate, member_floor, rows, runs
 
-TINY = M.ModelShape((("audio", 4), ("text", 8), ("video", 2)), 3, 6, True)
+TINY = ModelShape((("audio", 4), ("text", 8), ("video", 2)), 3, 6, True)
 
 
 def test_flop_model_matches_a_hand_count():
-    shapes = M.layer_shapes(TINY)
+    shapes = layer_shapes(TINY)
     # in*out per Linear: audio 4*3+3*3+3*3 = 30, text 24+9+9 = 42, video 6+9+9 = 24,
     # fusion (3H=9 in) 27+9+9 = 45, attention 3*3 = 9, emotion 3*6 = 18, valence 3*1 = 3
     # -> 171; first layers of the modality encoders 12 + 24 + 6 = 42.
@@ -31,7 +32,7 @@ def test_flop_model_matches_a_hand_count():
 
 
 def test_gemm_lists_agree_with_the_flop_model():
-    shapes = M.layer_shapes(TINY)
+    shapes = layer_shapes(TINY)
     fm = member_floor.member_flops(shapes, 1, 1, 1, 1)
     assert sum(g.flops for g in gemm.train_gemms(shapes, 32)) == 32 * fm.train_per_row
     assert sum(g.flops for g in gemm.eval_gemms(shapes, 5)) == 5 * fm.eval_per_row
@@ -41,7 +42,7 @@ def test_gemm_lists_agree_with_the_flop_model():
 
 
 def test_parameter_count_from_layer_shapes():
-    shapes = M.layer_shapes(TINY)
+    shapes = layer_shapes(TINY)
     params = M.stack([M.init_member(TINY, torch.Generator().manual_seed(0))])
     assert M.param_count(params) == sum(fi * fo + fo for _, fi, fo in shapes)
 
@@ -175,7 +176,7 @@ def test_bench_train_times_each_run_once(tmp_path, monkeypatch):
 
 
 def test_timed_train_takes_epochs_from_on_epoch(tmp_path, monkeypatch):
-    import mer_ray.trainer as T
+    import mer_ray.train.trainer as T
 
     result = types.SimpleNamespace(weights={"w": 0})
 

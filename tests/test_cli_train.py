@@ -1,7 +1,7 @@
 """`mer-ray tune` / `train --no-ray`: the in-process path end to end, tables and resume."""
 
 from mer_ray.cli import main
-from mer_ray.members import existing_member_ids
+from mer_ray.runs.members import existing_member_ids
 from raytools import set_args, tiny_store
 
 

@@ -30,12 +30,13 @@ import pytest
 import torch
 
 import mer_ray
-from mer_ray import model as M
-from mer_ray import trainer as T
+from mer_ray.model import pack as M
+from mer_ray.model.shape import ModelShape
+import mer_ray.train.trainer as T
 from mer_ray.data.store import read_store
 from mer_ray.data.synth import synthesize_store
-from mer_ray.masks import PackRandom, member_key
-from mer_ray.presets import TrainConfig
+from mer_ray.train.masks import PackRandom, member_key
+from mer_ray.train.presets import TrainConfig
 
 SPLITS = ("oof", "test1", "test2", "test3")
 PACKAGE = os.path.dirname(mer_ray.__file__) + os.sep
@@ -254,9 +255,10 @@ def test_pack_randomness_is_bitwise_the_same_on_cuda(cuda):
 
 def test_forward_matches_cpu_and_reference(cuda):
     """The pack forward on CUDA equals the CPU's, and the reference nn.Module on CUDA."""
-    from mer_ray.reference import AttentionModel, to_state_dict
+    from mer_ray.model.module import AttentionModel
+    from mer_ray.model.weights import to_state_dict
 
-    shape = M.ModelShape((("audio", 64), ("text", 96), ("video", 32)), 32, 6, True)
+    shape = ModelShape((("audio", 64), ("text", 96), ("video", 32)), 32, 6, True)
     params = M.stack([M.init_member(shape, torch.Generator().manual_seed(i)) for i in range(3)])
     g = torch.Generator().manual_seed(9)
     xs = {m: torch.randn(3, 20, d, generator=g) for m, d in shape.dims}
@@ -310,7 +312,7 @@ def test_reduced_precision_stays_close_to_fp32(cuda, store, precision, tol):
 
 def test_predict_matches_cpu(cuda, store, tmp_path):
     """A run's kept members predict the same on both devices (mer_ray.predict)."""
-    from mer_ray.members import write_member
+    from mer_ray.runs.members import write_member
     from mer_ray.predict import Predictor
 
     run = tmp_path / "run"

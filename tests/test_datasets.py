@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 
 from mer_ray.cli import main
-from mer_ray.constants import MER2023_FEATURES
+from mer_ray.data.constants import MER2023_FEATURES
 from mer_ray.data.store import read_store
 from mer_ray.data.synth import CANDIDATES_CSV, TRAIN_CSV, generate, synthesize, synthesize_store
-from mer_ray.members import list_member_files, member_id, read_member
-from mer_ray.presets import get_preset
+from mer_ray.runs.members import list_member_files, read_member
+from mer_ray.train.result import member_id
+from mer_ray.train.presets import get_preset
 from raytools import set_args
 
 TOY = ["--audio", "toy-audio", "--text", "toy-text", "--video", "toy-video"]
@@ -238,7 +239,7 @@ def test_several_features_per_modality_and_two_modalities(tmp_path, capsys):
 
 # Recorded before the dataset description existed (commit afb6e7c): store hash and member
 # ids. The scores below were recorded when pack randomness moved to the counter-based
-# generator (mer_ray/masks.py), the one documented change of results; before it, the
+# generator (mer_ray/train/masks.py), the one documented change of results; before it, the
 # refactored trainer reproduced the old trainer's logits bitwise under its old draws.
 PINNED_HASH = "6508e977ed3009dff9f434506cfa5849617dca2aaeb107f962b78436fff83849"
 PINNED_IDS = {"baseline": "baseline-w0-f2-s1-d0c9dc1c1d0c",
@@ -249,7 +250,7 @@ PINNED = json.loads((Path(__file__).parent / "pins.json").read_text())
 
 
 def test_mer2023_ids_hash_and_scores_are_pinned(tmp_path):
-    from mer_ray.trainer import train_pack
+    from mer_ray.train.trainer import train_pack
 
     st = read_store(synthesize_store(tmp_path / "store", seed=0, scale=0.1), verify=True)
     for preset, mid in PINNED_IDS.items():

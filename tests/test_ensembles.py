@@ -5,11 +5,11 @@ import pyarrow.parquet as pq
 import pytest
 
 import ensembles.cli
-from mer_ray.constants import MER2023, MER_CLASSES as CLASSES, MODALITIES
+from mer_ray.data.constants import MER2023, MER_CLASSES as CLASSES, MODALITIES
 from mer_ray.errors import InputError
-from mer_ray.members import (MASKS, MemberResult, SplitPredictions, mask_key, member_id,
-                             write_member)
-from mer_ray.presets import PRESETS
+from mer_ray.runs.members import write_member
+from mer_ray.train.result import MASKS, MemberResult, SplitPredictions, mask_key, member_id
+from mer_ray.train.presets import PRESETS
 from ensembles.groups import make_groups, score_group, seed_table
 from ensembles.load import load_members
 from ensembles.score import evaluate, format_evaluation

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from mer_ray.cli import main
-from mer_ray.members import existing_member_ids, list_member_files, read_member
+from mer_ray.runs.members import existing_member_ids, list_member_files, read_member
 from raytools import set_args, tiny_store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,7 +43,7 @@ SLOW_SAVE = textwrap.dedent("""
     # Make the n-th member Parquet write (the "done" marker, written after the member's
     # weights) hang, so a test can kill the process between a member's two files.
     import os, sys, time
-    import mer_ray.members as members
+    import mer_ray.runs.members as members
     real, count = members.write_bytes, [0]
     def slow(location, data):
         count[0] += 1
@@ -166,9 +166,9 @@ def test_a_diverging_member_is_saved_as_failed_and_the_pack_finishes(store, tmp_
                                                                     monkeypatch, capsys):
     """One member's loss turns NaN; it stops and is saved as failed, its pack-mates train
     on, and scoring leaves it out with a warning naming it."""
-    import mer_ray.trainer as T
+    import mer_ray.train.trainer as T
 
-    real_forward = T.M.forward
+    real_forward = T.pack.forward
 
     def poisoned(params, xs, modality_mask=None, dropout_masks=None):
         out = real_forward(params, xs, modality_mask, dropout_masks)
@@ -179,7 +179,7 @@ def test_a_diverging_member_is_saved_as_failed_and_the_pack_finishes(store, tmp_
             out = out._replace(logits=logits)
         return out
 
-    monkeypatch.setattr(T.M, "forward", poisoned)
+    monkeypatch.setattr(T.pack, "forward", poisoned)
     run = tmp_path / "run"
     assert main(train_cmd(store, run, "--set", "epochs=3")) == 0
     out = capsys.readouterr().out
@@ -189,7 +189,7 @@ def test_a_diverging_member_is_saved_as_failed_and_the_pack_finishes(store, tmp_
     assert len(failed) == 1 and failed[0].fold == 1 and failed[0].epochs_run == 1
     assert all(m.epochs_run == 3 for m in members if m.status == "ok")
     assert len(existing_member_ids(run)) == 5  # resume does not retrain a failed member
-    monkeypatch.setattr(T.M, "forward", real_forward)
+    monkeypatch.setattr(T.pack, "forward", real_forward)
     assert main(["ensemble", "score", str(run)]) == 0
     text = capsys.readouterr().out
     assert f"{failed[0].path}: member failed in training" in text

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mer_ray.constants import MER2023, MER_CLASSES as CLASSES
+from mer_ray.data.constants import MER2023, MER_CLASSES as CLASSES
 from mer_ray.data.mertools import import_mertools
 from mer_ray.data.store import read_store
 from mer_ray.errors import InputError

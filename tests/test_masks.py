@@ -5,7 +5,7 @@ import random
 import pytest
 import torch
 
-from mer_ray.masks import PackRandom, dropout_threshold, hash32, member_key
+from mer_ray.train.masks import PackRandom, dropout_threshold, hash32, member_key
 
 WIDTHS = [64, 96, 32, 48]
 

@@ -2,11 +2,10 @@ import numpy as np
 import pytest
 
 from mer_ray.errors import InputError
-from mer_ray.constants import MER2023
-from mer_ray.members import (MASKS, MemberResult, SplitPredictions, existing_member_ids,
-                             list_member_files, mask_key, member_id, read_member,
-                             weights_path, write_member)
-from mer_ray.presets import PRESETS
+from mer_ray.data.constants import MER2023
+from mer_ray.runs.members import existing_member_ids, list_member_files, read_member, weights_path, write_member
+from mer_ray.train.result import MASKS, MemberResult, SplitPredictions, mask_key, member_id
+from mer_ray.train.presets import PRESETS
 
 PRED_SPLITS = ("oof",) + MER2023.test_splits
 

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from mer_ray.folds import make_folds
-from mer_ray.metrics import score
+from mer_ray.train.folds import make_folds
+from mer_ray.train.metrics import score
 
 
 def test_metrics_hand_computed():

@@ -16,7 +16,7 @@ from mer_ray.cli import main
 from mer_ray.data.store import content_hash, read_store, write_store
 from mer_ray.data.synth import synthesize_store
 from mer_ray.errors import InputError
-from mer_ray.members import existing_member_ids
+from mer_ray.runs.members import existing_member_ids
 from raytools import set_args
 
 FAST = set_args() + ["--set", "epochs=1"]

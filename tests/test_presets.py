@@ -8,8 +8,8 @@ import math
 import pytest
 
 from mer_ray.errors import InputError
-from mer_ray.members import member_id
-from mer_ray.presets import (ADDED_FIELDS, PRESETS, RULES, TrainConfig, convert_field,
+from mer_ray.train.result import member_id
+from mer_ray.train.presets import (ADDED_FIELDS, PRESETS, RULES, TrainConfig, convert_field,
                              get_preset, parse_override)
 
 FIELDS = [f.name for f in dataclasses.fields(TrainConfig)]
@@ -96,7 +96,7 @@ def test_robust_v4_is_a_recipe_file_of_the_searched_trial_it_documents():
     from pathlib import Path
 
     from mer_ray.errors import InputError
-    from mer_ray.recipes import read_recipe
+    from mer_ray.train.recipes import read_recipe
     from mer_ray.search import draw_settings
 
     trial3 = draw_settings(8, 0, modalities=("audio", "text", "video"))[2]

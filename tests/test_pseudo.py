@@ -11,11 +11,12 @@ import torch
 from mer_ray.cli import main
 from mer_ray.data.store import read_store
 from mer_ray.data.synth import generate, planned_counts, synthesize, synthesize_store
-from mer_ray.dataset import MODALITIES
+from mer_ray.data.dataset import MODALITIES
 from mer_ray.errors import InputError
-from mer_ray.presets import TrainConfig
-from mer_ray.pseudo import FoldLabels, FoldVotes, PseudoLabels, capped_counts, select
-from mer_ray.trainer import class_weights, train_pack
+from mer_ray.train.presets import TrainConfig
+from mer_ray.runs.pseudo_labels import FoldLabels, PseudoLabels
+from mer_ray.selftrain.pseudo import FoldVotes, capped_counts, select
+from mer_ray.train.trainer import class_weights, train_pack
 
 
 # ---------------------------------------------------------------- synthetic data

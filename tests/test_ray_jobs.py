@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import ray
 
-from mer_ray.members import existing_member_ids
+from mer_ray.runs.members import existing_member_ids
 from raytools import set_args, tiny_store
 from servers import BIN, RayNode, api
 

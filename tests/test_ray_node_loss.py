@@ -14,10 +14,11 @@ import ray
 from ray.cluster_utils import Cluster
 
 from mer_ray.errors import RunStopped
-from mer_ray.members import existing_member_ids, member_id
-from mer_ray.ray_train import START_TIMEOUT_ENV, cluster_nodes, plan_workers, train_alone
-from mer_ray.run import all_specs, record_run
-from mer_ray.status import format_status, run_status
+from mer_ray.runs.members import existing_member_ids
+from mer_ray.train.result import member_id
+from mer_ray.distributed.ray_train import START_TIMEOUT_ENV, cluster_nodes, plan_workers, train_alone
+from mer_ray.runs.run import all_specs, record_run
+from mer_ray.runs.status import format_status, run_status
 from raytools import fast_config, tiny_store, wait_until
 
 START_TIMEOUT_S = "5"

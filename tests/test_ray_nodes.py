@@ -11,9 +11,10 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 
-from mer_ray.members import existing_member_ids, member_id
-from mer_ray.ray_train import Plan, train_with_ray
-from mer_ray.run import all_specs
+from mer_ray.runs.members import existing_member_ids
+from mer_ray.train.result import member_id
+from mer_ray.distributed.ray_train import Plan, train_with_ray
+from mer_ray.runs.run import all_specs
 from raytools import fast_config, set_args, tiny_store
 
 

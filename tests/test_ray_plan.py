@@ -6,7 +6,7 @@ import itertools
 import pytest
 
 from mer_ray.errors import InputError
-from mer_ray.ray_train import Plan, plan_workers
+from mer_ray.distributed.ray_train import Plan, plan_workers
 from raytools import capture_torch_trainer
 
 
@@ -90,8 +90,8 @@ def test_every_plan_fits_its_cluster():
 def test_train_with_ray_uses_gloo(monkeypatch, tmp_path):
     """Workers never use the process group; NCCL (Train's default with GPUs) does not
     support several ranks on one GPU, so the TorchTrainer always asks for gloo."""
-    from mer_ray import ray_train
-    from mer_ray.presets import get_preset
+    from mer_ray.distributed import ray_train
+    from mer_ray.train.presets import get_preset
     seen = capture_torch_trainer(monkeypatch)
     config = get_preset("robust_v3").replace(epochs=1)
     plan = plan_workers(None, 1 / 3, 3, node(1))
@@ -119,7 +119,7 @@ def test_plans_count_what_fits_node_by_node():
 
 
 def test_plan_lines_say_what_runs_and_what_waits():
-    from mer_ray.ray_train import plan_lines
+    from mer_ray.distributed.ray_train import plan_lines
 
     two = [dict(node(0, 1), address="10.0.0.1"), dict(node(0, 1), address="10.0.0.2")]
     lines = plan_lines(plan_workers(2, 0, 3, two), 3, two)
@@ -135,7 +135,7 @@ def failing_trainer(monkeypatch, nodes_seen: list[list[dict]]):
     import ray.train.torch
     from ray.train import TrainingFailedError
 
-    from mer_ray import ray_train
+    from mer_ray.distributed import ray_train
 
     class Failing:
         def __init__(self, *args, **kw):
@@ -155,8 +155,8 @@ def test_a_crash_on_a_whole_cluster_is_raised_as_it_is(monkeypatch, tmp_path):
     stop and not a re-plan that would only fail again."""
     from ray.train import TrainingFailedError
 
-    from mer_ray import ray_train
-    from mer_ray.presets import get_preset
+    from mer_ray.distributed import ray_train
+    from mer_ray.train.presets import get_preset
 
     here = [{"CPU": 2.0, "GPU": 0.0, "address": "10.0.0.1", "id": "a" * 16}]
     failing_trainer(monkeypatch, [here, here])
@@ -166,9 +166,9 @@ def test_a_crash_on_a_whole_cluster_is_raised_as_it_is(monkeypatch, tmp_path):
 
 
 def test_a_lost_node_and_no_room_left_is_one_clear_stop(monkeypatch, tmp_path):
-    from mer_ray import ray_train
+    from mer_ray.distributed import ray_train
     from mer_ray.errors import RunStopped
-    from mer_ray.presets import get_preset
+    from mer_ray.train.presets import get_preset
 
     head = {"CPU": 0.0, "GPU": 0.0, "address": "10.0.0.1", "id": "h" * 16}
     gone = {"CPU": 1.0, "GPU": 0.0, "address": "10.0.0.7", "id": "c8c8dce1" + "0" * 8}

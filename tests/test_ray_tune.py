@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import ray
 
-from mer_ray.members import existing_member_ids, member_id
-from mer_ray.presets import get_preset
-from mer_ray.ray_train import (PREEMPTION_WATCHER_ENV, STATE_TRACKING_ENV, plan_workers,
+from mer_ray.runs.members import existing_member_ids
+from mer_ray.train.result import member_id
+from mer_ray.train.presets import get_preset
+from mer_ray.distributed.ray_train import (PREEMPTION_WATCHER_ENV, STATE_TRACKING_ENV, plan_workers,
                                setting_label, train_with_ray, tune_grid)
-from mer_ray.run import all_specs
+from mer_ray.runs.run import all_specs
 from raytools import assert_curves, fast_config, tiny_store
 
 
@@ -96,7 +97,7 @@ def test_tune_trial_reports_while_it_runs(cluster, store, tmp_path, monkeypatch)
 
     from ensembles.groups import trial_summary, trial_summary_keys
     from mer_ray.data.store import read_store
-    from mer_ray.members import list_member_files, read_member
+    from mer_ray.runs.members import list_member_files, read_member
 
     run = tmp_path / "run"
     config = fast_config(epochs=60)
@@ -172,8 +173,8 @@ def test_train_splits_members_between_workers_and_resumes(cluster, store, tmp_pa
     assert not (Path(run) / "tensorboard").exists()  # --no-tensorboard on the workers too
     # a member's result does not depend on which worker trained it, nor on Ray
     from mer_ray.data.store import read_store
-    from mer_ray.members import list_member_files, read_member
-    from mer_ray.trainer import train_pack
+    from mer_ray.runs.members import list_member_files, read_member
+    from mer_ray.train.trainer import train_pack
 
     here = train_pack(read_store(store), config, [(3, 1)])[0]
     there = read_member(next(p for p in list_member_files(run) if here.member_id in p))
@@ -194,7 +195,7 @@ def test_embedded_ray_runs_without_train_preemption_watchers():
     import sys
 
     code = ("import os, ray\n"
-            "from mer_ray.ray_train import connect, PREEMPTION_WATCHER_ENV as E\n"
+            "from mer_ray.distributed.ray_train import connect, PREEMPTION_WATCHER_ENV as E\n"
             "connect(log=lambda m: None, num_cpus=1)\n"
             "print('seen', ray.get(ray.remote(lambda: os.environ.get(E)).remote()))\n"
             "ray.shutdown()\n")
@@ -218,7 +219,7 @@ def test_embedded_ray_console_shows_every_line_and_where_the_token_is(tmp_path):
     own state API reach the workers."""
     code = ("import os, time, ray\n"
             "from ray.util.state import list_actors\n"
-            "from mer_ray.ray_train import connect, STATE_TRACKING_ENV as E\n"
+            "from mer_ray.distributed.ray_train import connect, STATE_TRACKING_ENV as E\n"
             "connect(num_cpus=1)\n"
             "@ray.remote(num_cpus=0)\n"
             "class Worker:\n"
@@ -263,7 +264,7 @@ def test_disconnect_puts_the_environment_back():
     import sys
 
     code = ("import os, ray\n"
-            "from mer_ray.ray_train import connect, disconnect\n"
+            "from mer_ray.distributed.ray_train import connect, disconnect\n"
             "connect(log=lambda m: None, num_cpus=1)\n"
             "print('during', os.environ.get('RAY_API_SERVER_ADDRESS'))\n"
             "disconnect()\n"

@@ -1,4 +1,4 @@
-"""The pack (mer_ray.model / trainer) against the readable reference (mer_ray.reference),
+"""The pack (mer_ray.model.pack / trainer) against the readable reference (mer_ray.train.reference),
 member by member, as PyTorch's ensembling tutorial checks its stacked models against a
 loop over the copies. Run them all with `pytest -k reference`.
 
@@ -24,23 +24,21 @@ import numpy as np
 import pytest
 import torch
 
-import mer_ray.reference as R
-import mer_ray.trainer as T
-from mer_ray import model as M
+import mer_ray.train.reference as R
+import mer_ray.train.trainer as T
+from mer_ray.model import pack as M
+from mer_ray.model.shape import ModelShape
 from mer_ray.data.store import read_store
 from mer_ray.data.synth import synthesize_store
-from mer_ray.masks import PackRandom, member_key
-from mer_ray.metrics import score as real_score
-from mer_ray.presets import TrainConfig
-from mer_ray.reference import (
-    AttentionModel,
-    from_state_dict,
-    to_state_dict,
-    train_member,
-)
+from mer_ray.train.masks import PackRandom, member_key
+from mer_ray.train.metrics import score as real_score
+from mer_ray.train.presets import TrainConfig
+from mer_ray.model.module import AttentionModel
+from mer_ray.model.weights import from_state_dict, to_state_dict
+from mer_ray.train.reference import train_member
 
-SHAPE = M.ModelShape((("audio", 24), ("text", 40), ("video", 16)), 16, 6, True)
-TOY_SHAPE = M.ModelShape((("audio", 32), ("video", 24)), 8, 4, False)  # 2 modalities
+SHAPE = ModelShape((("audio", 24), ("text", 40), ("video", 16)), 16, 6, True)
+TOY_SHAPE = ModelShape((("audio", 32), ("video", 24)), 8, 4, False)  # 2 modalities
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -277,12 +275,13 @@ def test_reference_plateau_and_early_stop_rules_match_the_pack(toy_store, monkey
 
 # ---------------------------------------------------------------- a saved member
 def test_reference_loads_a_saved_member(mer_store, trained_pack, tmp_path, device):
-    from mer_ray.members import mask_key, mask_sets, weights_path, write_member
-    from mer_ray.weights import read_weights
+    from mer_ray.runs.members import weights_path, write_member
+    from mer_ray.train.result import mask_key, mask_sets
+    from mer_ray.model.weights import read_weights
 
     result = trained_pack[2][1]
     state, meta = read_weights(weights_path(write_member(result, tmp_path / "run")))
-    shape = M.ModelShape.from_dict(meta["model"])
+    shape = ModelShape.from_dict(meta["model"])
     model = AttentionModel(shape).to(device)
     model.load_state_dict(state, strict=True)
     data = T.TrainData(mer_store, TrainConfig(hidden_dim=shape.hidden), device)

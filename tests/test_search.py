@@ -6,8 +6,8 @@ import pytest
 
 from mer_ray.cli import main
 from mer_ray.data.store import read_store
-from mer_ray.members import member_id
-from mer_ray.presets import TrainConfig, get_preset
+from mer_ray.train.result import member_id
+from mer_ray.train.presets import TrainConfig, get_preset
 from mer_ray.search import SPACE, best_trials, draw_settings
 from raytools import set_args, tiny_store
 
@@ -53,7 +53,7 @@ def test_an_eight_trial_search_finishes_and_marks_what_chose(store, tmp_path, ca
 
 
 def test_contrastive_weight_changes_training_and_the_member_id(store):
-    from mer_ray.trainer import train_pack
+    from mer_ray.train.trainer import train_pack
 
     st = read_store(store)
     base = get_preset("robust_v3").replace(epochs=2, hidden_dim=16, warmup=0)
@@ -66,7 +66,7 @@ def test_contrastive_weight_changes_training_and_the_member_id(store):
 
 
 def test_per_modality_dropout_and_noise_change_training(store):
-    from mer_ray.trainer import train_pack
+    from mer_ray.train.trainer import train_pack
 
     st = read_store(store)
     base = get_preset("robust_v3").replace(epochs=2, hidden_dim=16, warmup=0)

@@ -17,9 +17,10 @@ import pytest
 from mer_ray.cli import main
 from mer_ray.data.store import read_store
 from mer_ray.data.synth import read_truth, synthesize, synthesize_store
-from mer_ray.members import list_member_files, member_id, read_member, weights_path
-from mer_ray.presets import get_preset
-from mer_ray.pseudo import labels_file, labels_meta
+from mer_ray.runs.members import list_member_files, read_member, weights_path
+from mer_ray.train.result import member_id
+from mer_ray.train.presets import get_preset
+from mer_ray.runs.pseudo_labels import labels_file, labels_meta
 
 TOY = ["--audio", "toy-audio", "--text", "toy-text", "--video", "toy-video",
        "--classes", "calm,joy,anger,fear"]

@@ -11,7 +11,7 @@ import ray
 
 from mer_ray.cli import main
 from mer_ray.data.synth import synthesize_store
-from mer_ray.members import list_member_files, read_member
+from mer_ray.runs.members import list_member_files, read_member
 
 RECIPE = ["--set", "epochs=3", "--set", "hidden_dim=16", "--set", "warmup=1",
           "--set", "early_stop_patience=none", "--set", "n_folds=2"]

@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from mer_ray.constants import MER_CLASSES as CLASSES, MODALITIES
+from mer_ray.data.constants import MER_CLASSES as CLASSES, MODALITIES
 from mer_ray.data.store import read_store, summary_table, write_store
 from mer_ray.errors import InputError
 

@@ -4,7 +4,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
 from sklearn.preprocessing import StandardScaler
 
-from mer_ray.constants import MER2023, MER2023_COUNTS, MER2023_FEATURES, MODALITIES
+from mer_ray.data.constants import MER2023, MER2023_COUNTS, MER2023_FEATURES, MODALITIES
 
 SPLITS = [s.name for s in MER2023.splits]
 from mer_ray.data.synth import generate, split_counts, synthesize

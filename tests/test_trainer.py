@@ -3,17 +3,18 @@ import pytest
 import torch
 
 from cpu_paths import describe_cpu
-from mer_ray import model as M
-from mer_ray.constants import MER2023, MODALITIES
+from mer_ray.model import pack as M
+from mer_ray.model.shape import ModelShape
+from mer_ray.data.constants import MER2023, MODALITIES
 from mer_ray.data.store import read_store
 from mer_ray.data.synth import synthesize_store
-from mer_ray.members import MASKS, mask_key, member_id
-from mer_ray.pack_adam import PackAdam, clip_per_member
-from mer_ray.presets import RobustV3, TrainConfig
-from mer_ray.trainer import train_pack
+from mer_ray.train.result import MASKS, mask_key, member_id
+from mer_ray.train.pack_adam import PackAdam, clip_per_member
+from mer_ray.train.presets import RobustV3, TrainConfig
+from mer_ray.train.trainer import train_pack
 
 DIMS = {"audio": 1024, "text": 5120, "video": 768}
-SHAPE = M.ModelShape(tuple(DIMS.items()), 128, 6, True)
+SHAPE = ModelShape(tuple(DIMS.items()), 128, 6, True)
 PRED_SPLITS = ("oof",) + MER2023.test_splits
 
 
@@ -52,7 +53,7 @@ def test_model_param_count_and_shapes():
     xs2 = dict(xs, text=torch.randn_like(xs["text"]))
     assert torch.allclose(M.forward(params, xs, mask).logits, M.forward(params, xs2, mask).logits)
     # no valence head where the dataset has no valence, and C classes
-    shape = M.ModelShape((("audio", 8), ("video", 4)), 16, 4, False)
+    shape = ModelShape((("audio", 8), ("video", 4)), 16, 4, False)
     two = M.stack([M.init_member(shape, torch.Generator().manual_seed(0))])
     out = M.forward(two, {"audio": torch.randn(1, 3, 8), "video": torch.randn(1, 3, 4)})
     assert out.logits.shape == (1, 3, 4) and out.valence is None and "valence.W" not in two
@@ -119,14 +120,14 @@ def test_trainer_flushes_denormals_on_every_thread():
     import subprocess
     import sys
 
-    code = ("import mer_ray.trainer, torch; torch.set_num_threads(2); "
+    code = ("import mer_ray.train.trainer, torch; torch.set_num_threads(2); "
             "x = torch.full((4_000_000,), 1e-39) * 1.0; print(int((x != 0).sum()))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "0"
 
 
 def test_warmup_no_modality_dropout_before(small_store, monkeypatch, device):
-    import mer_ray.trainer as T
+    import mer_ray.train.trainer as T
 
     seen = []
     real_forward = M.forward
@@ -136,7 +137,7 @@ def test_warmup_no_modality_dropout_before(small_store, monkeypatch, device):
             seen.append(None if modality_mask is None else modality_mask.clone())
         return real_forward(params, xs, modality_mask, dropout_masks)
 
-    monkeypatch.setattr(T.M, "forward", spy)
+    monkeypatch.setattr(T.pack, "forward", spy)
     cfg = small_config(epochs=2, warmup=1, modality_dropout=0.3)
     train_pack(small_store, cfg, [(0, 0)], device=device)
     steps_per_epoch = len(seen) // 2
@@ -179,7 +180,7 @@ def test_robust_v3_learns(tmp_path, device):
     store = make_store(tmp_path / "store", 0.1)
     cfg = RobustV3().replace(epochs=15, warmup=5)
     r = train_pack(store, cfg, [(0, 0)], device=device)[0]
-    from mer_ray.metrics import score
+    from mer_ray.train.metrics import score
 
     y = r.predictions["test1"].label
     maj = np.zeros((len(y), 6))
@@ -202,7 +203,7 @@ def test_compaction_keeps_equivalence(small_store, device):
 
 
 def test_result_writes_and_reads_back(small_store, tmp_path, device):
-    from mer_ray.members import read_member, write_member
+    from mer_ray.runs.members import read_member, write_member
 
     cfg = small_config(epochs=1)
     r = train_pack(small_store, cfg, [(1, 2)], device=device)[0]
@@ -218,9 +219,9 @@ def test_stalled_member_gets_lr_cut_and_stops_while_others_go_on(small_store, mo
                                                                 device):
     """One member's held-out metric stalls (its fold's score is pinned); the others keep
     improving. In the same pack only the stalled one has its LR reduced and stops early."""
-    import mer_ray.trainer as T
-    from mer_ray.folds import make_folds
-    from mer_ray.metrics import score as real_score
+    import mer_ray.train.trainer as T
+    from mer_ray.train.folds import make_folds
+    from mer_ray.train.metrics import score as real_score
 
     train_rows = small_store.rows("train")
     folds = make_folds(small_store.emotion[train_rows], 5, 0)

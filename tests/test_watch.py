@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from mer_ray.cli import main
-from mer_ray.members import existing_member_ids, list_member_files, read_member
+from mer_ray.runs.members import existing_member_ids, list_member_files, read_member
 from raytools import assert_curves, capture_torch_trainer, set_args, tiny_store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,7 +24,7 @@ HOLD = textwrap.dedent("""
     # Hold the second pack after its third epoch until the process is killed, so that a
     # test sees it in flight however fast the machine trains.
     import os, sys, time
-    import mer_ray.trainer as T
+    import mer_ray.train.trainer as T
     real, packs = T.train_pack, [0]
     def train_pack(*args, on_epoch=None, **kwargs):
         packs[0] += 1
@@ -141,8 +141,8 @@ def test_no_tensorboard_writes_none_and_lines_in_logs(store, tmp_path, capsys):
 
 
 def test_bar_counts_member_epochs_and_fills_for_early_stops():
-    from mer_ray.progress import PackBar, use_bar
-    from mer_ray.trainer import EpochProgress
+    from mer_ray.runs.progress import PackBar, use_bar
+    from mer_ray.train.trainer import EpochProgress
 
     assert not use_bar(io.StringIO())
     sink = io.StringIO()
@@ -167,8 +167,8 @@ def test_bar_counts_member_epochs_and_fills_for_early_stops():
 
 
 def test_record_run_keeps_the_seeds_of_every_command(tmp_path):
-    from mer_ray.presets import get_preset
-    from mer_ray.run import read_run, record_run
+    from mer_ray.train.presets import get_preset
+    from mer_ray.runs.run import read_run, record_run
 
     run = tmp_path / "run"
     a, b = get_preset("robust_v3"), get_preset("robust_v3").replace(warmup=40)
@@ -192,8 +192,8 @@ def test_status_of_a_folder_that_is_no_run_is_one_line(tmp_path, capsys):
 
 
 def test_train_with_ray_hands_log_every_and_tensorboard_to_the_workers(monkeypatch, tmp_path):
-    from mer_ray import ray_train
-    from mer_ray.presets import get_preset
+    from mer_ray.distributed import ray_train
+    from mer_ray.train.presets import get_preset
     seen = capture_torch_trainer(monkeypatch)
     plan = ray_train.Plan(1, 1, {"CPU": 1.0})
     assert ray_train.train_with_ray("store", get_preset("robust_v3"), [0], str(tmp_path / "r"),
@@ -210,8 +210,8 @@ def test_status_tells_waiting_starting_stopped_and_done_from_the_driver(tmp_path
     import json
 
     from mer_ray.cli import main
-    from mer_ray.progress import DriverState, read_driver_states
-    from mer_ray.run import record_run, setting_label
+    from mer_ray.runs.progress import DriverState, read_driver_states
+    from mer_ray.runs.run import record_run, setting_label
     from raytools import fast_config
 
     run = str(tmp_path / "run")

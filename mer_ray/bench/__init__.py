@@ -11,7 +11,7 @@ Rows (`benchmarks/README.md` says what each measures):
                     wall time, the way nanoGPT prints MFU;
 4. packs.py         a K-member pack vs the same K members one after another (K = 5, 25);
 5. reference.py     the pack (K = 1, 5, 25) vs the readable reference loop
-                    (mer_ray.reference) one member at a time, s per member-epoch;
+                    (mer_ray.train.reference) one member at a time, s per member-epoch;
 6. peak_memory.py   peak memory of a 25-member pack (a subprocess: its own high-water mark);
 7. ray_overhead.py  the demo grid through Ray and in-process;
 8. grid_rate.py     members per minute for the warmup grid (30/40/50 x seeds x 5 folds).

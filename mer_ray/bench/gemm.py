@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 
 from mer_ray.bench.rows import Row, progress, sync
-from mer_ray.constants import MODALITIES
+from mer_ray.data.constants import MODALITIES
 
 # The trainer predicts in chunks of at most this many rows (trainer.EVAL_CHUNK); the eval
 # GEMM rate is measured at min(held-out rows, this).

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from mer_ray.bench.gemm import first_layers
 from mer_ray.bench.rows import Row, ms, progress, ratio, sync
-from mer_ray.constants import MER2023
+from mer_ray.data.constants import MER2023
 
 # Forward passes per predicted sample at the end of a member: unmasked + members.MASKS (6).
 PREDICTION_VARIANTS = 7
@@ -73,7 +73,7 @@ def time_step_extras(shapes, batch: int, dropout: float, device: str, rounds: in
     generator, masks.PackRandom, for one member). Best of `rounds` rounds of `calls`."""
     import torch
 
-    from mer_ray.masks import PackRandom, member_key
+    from mer_ray.train.masks import PackRandom, member_key
 
     params = []
     for _, fan_in, fan_out in shapes:

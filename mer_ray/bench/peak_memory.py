@@ -36,7 +36,7 @@ def peak_worker(arg: str) -> None:
     import torch
 
     from mer_ray.data.store import read_store
-    from mer_ray.presets import TrainConfig
+    from mer_ray.train.presets import TrainConfig
 
     a = json.loads(arg)
     store = read_store(a["store"])

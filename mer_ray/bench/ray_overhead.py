@@ -18,7 +18,7 @@ def ray_grid(bench):
     x the profile's seeds on a scale-0.2 store, one pack per trial as the demo trains it
     (full profile: the full recipe and the demo's seeds, exactly the demo's members;
     quick: seed 0, 10 epochs with warmups 3/4/5). Returns (config, settings, seeds)."""
-    from mer_ray.presets import get_preset
+    from mer_ray.train.presets import get_preset
 
     p = bench.profile
     config = get_preset("robust_v3")
@@ -35,9 +35,9 @@ def measure_ray_overhead(bench) -> list[Row]:
     """Ray overhead: the demo grid through Ray and in-process"""
     import numpy as np
 
-    from mer_ray import ray_train
-    from mer_ray.members import list_member_files, read_member
-    from mer_ray.run import train_grid_here
+    from mer_ray.distributed import ray_train
+    from mer_ray.runs.members import list_member_files, read_member
+    from mer_ray.runs.run import train_grid_here
 
     p = bench.profile
     config, settings, seeds = ray_grid(bench)

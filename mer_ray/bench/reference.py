@@ -1,4 +1,4 @@
-"""Figure: the pack against the readable reference loop (mer_ray.reference.train_member:
+"""Figure: the pack against the readable reference loop (mer_ray.train.reference.train_member:
 an nn.Module, torch.optim.Adam(fused=True), clip_grad_norm_, ReduceLROnPlateau) run one
 member at a time, same data and recipe, in seconds per member-epoch measured in the same
 run. The K = 1 pack and the reference train the same member; the figure checks their
@@ -19,8 +19,8 @@ TARGET_PACK = 25  # the target: a 25-member pack at least 3x the reference per m
 def time_reference(bench, config, specs):
     """Train `specs` with the reference loop one after another; returns (epoch seconds
     after each member's first epoch, the first member's ReferenceResult)."""
-    from mer_ray.reference import train_member
-    from mer_ray.trainer import TrainData
+    from mer_ray.train.reference import train_member
+    from mer_ray.train.trainer import TrainData
 
     store = bench.store(bench.profile.train_scale)
     data = TrainData(store, config, bench.device)

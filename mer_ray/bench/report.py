@@ -134,7 +134,7 @@ def run_bench(profile: Profile, device: str = "cpu", json_path=None, workdir=Non
     `failures` in the JSON) and the others still run."""
     # before any torch thread exists: the trainer flushes denormals, and threads only
     # inherit that when created after it (see trainer.flush_denormals)
-    import mer_ray.trainer  # noqa: F401
+    import mer_ray.train.trainer  # noqa: F401
 
     out = out or sys.stdout
     t0 = reset_clock()

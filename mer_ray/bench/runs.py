@@ -29,7 +29,7 @@ class TrainRun:
 def timed_train(store, config, specs, device: str) -> TrainRun:
     """Wall time of one train_pack call; epoch boundaries are the moments its
     `on_epoch` callback gets each EpochProgress (after the epoch's held-out scoring)."""
-    from mer_ray.trainer import train_pack
+    from mer_ray.train.trainer import train_pack
 
     marks: list[float] = []
 
@@ -95,7 +95,7 @@ class Bench:
         """robust_v3 with a fixed number of epochs: early stopping off (every member runs
         all epochs, so timings compare) and modality dropout from epoch 1 (so its cost is
         in the figures) unless a warmup is given."""
-        from mer_ray.presets import get_preset
+        from mer_ray.train.presets import get_preset
 
         if warmup is None:
             warmup = 1 if epochs > 1 else 0
@@ -107,7 +107,7 @@ class Bench:
 
     def shape(self, scale: float):
         """The model's ModelShape on the store of this scale."""
-        from mer_ray.model import ModelShape
+        from mer_ray.model.shape import ModelShape
 
         store = self.store(scale)
         dims = tuple((m, int(store.feature(m).shape[1])) for m in store.modalities)
@@ -116,13 +116,13 @@ class Bench:
 
     def shapes(self, scale: float):
         """(name, fan_in, fan_out) of every Linear (model.layer_shapes)."""
-        from mer_ray.model import layer_shapes
+        from mer_ray.model.shape import layer_shapes
 
         return layer_shapes(self.shape(scale))
 
     def fold_sizes(self, scale: float) -> tuple[int, int]:
         """(training rows, held-out rows) of fold 0."""
-        from mer_ray.folds import make_folds
+        from mer_ray.train.folds import make_folds
 
         store, cfg = self.store(scale), self.config(1)
         rows = store.rows("train")

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mer_ray.bench.rows import Row, median_time, progress, ratio
-from mer_ray.constants import MER2023_FEATURES, MODALITIES
+from mer_ray.data.constants import MER2023_FEATURES, MODALITIES
 
 
 @dataclass

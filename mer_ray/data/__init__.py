@@ -1,5 +1,3 @@
-"""Data: the feature store, the MERTools importer and the synthetic MER2023 generator."""
-
-from mer_ray.data.store import Store, read_manifest, read_store, summary_table, write_store
-
-__all__ = ["Store", "read_store", "read_manifest", "write_store", "summary_table"]
+"""The features: what a dataset is (dataset.py, constants.py), the feature store every
+later step reads (store.py), the MERTools importer (mertools.py) and the synthetic
+generator (synth.py). No torch, no Ray."""

@@ -50,10 +50,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from mer_ray.constants import (MER2023, MER2023_FEATURES, MER_CLASSES, PLACEHOLDER_EMOTION,
+from mer_ray.data.constants import (MER2023, MER2023_FEATURES, MER_CLASSES, PLACEHOLDER_EMOTION,
                                VALENCE_PLACEHOLDER)
 from mer_ray.data.store import NO_LABEL, check_output_path, write_store
-from mer_ray.dataset import MODALITIES, TRAIN, Dataset, Split
+from mer_ray.data.dataset import MODALITIES, TRAIN, Dataset, Split
 from mer_ray.errors import InputError
 
 UNLABELLED = "unlabelled"

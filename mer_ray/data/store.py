@@ -39,7 +39,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mer_ray.dataset import MODALITIES, TRAIN, Dataset
+from mer_ray.data.dataset import MODALITIES, TRAIN, Dataset
 from mer_ray.errors import InputError
 from mer_ray.storage import (check_output_folder, exists, is_uri, join, missing_bucket,
                              read_bytes, resolve, storage_errors, write_bytes)
@@ -151,7 +151,7 @@ def write_store(out, names, split, emotion, valence, features: dict, feature_nam
     valence: NaN where unknown; features: {modality: [N, D]} with `feature_names`
     {modality: name}, or {modality: {feature name: [N, D]}} for several per modality;
     dataset: the description (default MER2023 restricted to the splits present)."""
-    from mer_ray.constants import MER2023
+    from mer_ray.data.constants import MER2023
 
     out = str(out)
     check_output_path(out, overwrite)
@@ -351,7 +351,7 @@ def read_manifest(location) -> dict:
 def _upgrade_v1(manifest: dict, where: str) -> dict:
     """The first format: MER2023 only, one feature per modality in a column named after
     the modality, no unlabelled splits."""
-    from mer_ray.constants import MER2023
+    from mer_ray.data.constants import MER2023
 
     try:
         classes = list(manifest["classes"])

@@ -43,8 +43,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from mer_ray.constants import MER2023, MER2023_COUNTS, MER2023_FEATURES, MER_CLASSES
-from mer_ray.dataset import MODALITIES, Dataset, Split
+from mer_ray.data.constants import MER2023, MER2023_COUNTS, MER2023_FEATURES, MER_CLASSES
+from mer_ray.data.dataset import MODALITIES, Dataset, Split
 from mer_ray.errors import InputError
 
 LATENT = 12  # class-signal subspace

@@ -116,7 +116,7 @@ class TrainConfig:
     # member's own labelled training rows, scikit-learn's "balanced")
     class_weights: str = field(default="none", metadata=rule(
         str, lambda v: v in CLASS_WEIGHTS, f"one of {', '.join(CLASS_WEIGHTS)}"))
-    # Self-training (`mer-ray selftrain`, mer_ray.pseudo): round 0 is the recipe without
+    # Self-training (`mer-ray selftrain`, mer_ray.selftrain.pseudo): round 0 is the recipe without
     # pseudo-labels; in round r >= 1, round r-1's members label the store's pool and
     # the samples selected join every student's training rows (never a held-out row).
     pseudo_round: int = field(default=0, metadata=rule(
@@ -183,7 +183,7 @@ PSEUDO_FIELDS = ("pseudo_round", "pseudo_threshold", "pseudo_top_k", "pseudo_agr
 # Field -> Rule, from the base class (a preset subclass that changes a default keeps it).
 RULES: dict[str, Rule] = {f.name: f.metadata["rule"] for f in dataclasses.fields(TrainConfig)}
 # Fields added after the first member-file format. Where a config has its default for
-# them they are left out of the member id (members.member_id), so every member trained
+# them they are left out of the member id (mer_ray.train.result.member_id), so every member trained
 # before they existed keeps its id.
 ADDED_FIELDS = {
     name: TrainConfig.__dataclass_fields__[name].default for name in (
@@ -276,7 +276,7 @@ class RobustV3(TrainConfig):
 
 
 # The published recipes only (the experiment report's). A recipe searched on someone's
-# data is their recipe file (mer_ray.recipes), not a preset.
+# data is their recipe file (mer_ray.train.recipes), not a preset.
 PRESETS: dict[str, TrainConfig] = {
     c.preset: c for c in (Baseline(), RobustV1(), RobustV2(), RobustV3())
 }

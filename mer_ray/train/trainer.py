@@ -1,11 +1,11 @@
 """The pack trainer: K members (fold, seed) sharing one TrainConfig, trained together.
 
-Read `mer_ray/reference.py` first: it is the same recipe for one member in plain
+Read `mer_ray/train/reference.py` first: it is the same recipe for one member in plain
 PyTorch (nn.Module, torch.optim.Adam, clip_grad_norm_, ReduceLROnPlateau), and tests
 check this trainer against it step by step. Here the same thing runs for a whole pack.
 
 Each member owns a torch.Generator seeded from (seed, fold) for its init and its shuffle
-order, and a key for the counter-based generator (mer_ray.masks) that draws its dropout
+order, and a key for the counter-based generator (mer_ray.train.masks) that draws its dropout
 masks, modality-dropout masks and feature noise. Neither depends on which other members
 share its pack, so a member's result does not either: on CPU bit for bit (where a
 batched kernel rounds by pack size, the code says so and works around it; a last-bit
@@ -18,7 +18,7 @@ with zero-weight rows and a member with no rows left in a step is skipped entire
 
 Loss: cross-entropy (+ valence MSE where the dataset has valence, + the contrastive
 term where `contrastive_weight` > 0). Optimiser: Adam with L2 weight decay on the
-stacked weights (mer_ray.pack_adam), per-member learning rate and step count; gradient
+stacked weights (mer_ray.train.pack_adam), per-member learning rate and step count; gradient
 clipping by each member's own global norm (as clip_grad_norm_); ReduceLROnPlateau
 (mode max, torch's defaults: threshold 1e-4 rel) and early stopping on the held-out
 fold's metric (F1 - 0.25 MSE, or F1 without valence). Early stopping never ends a
@@ -26,7 +26,7 @@ member before it has run warmup + patience epochs. A member whose loss or held-o
 metric becomes non-finite stops there (its best finite epoch is kept; with none it is
 saved as failed) and never takes its pack down. The best epoch's weights are kept and
 predict the held-out fold and every test split (plus each modality mask of
-members.mask_sets). Finished members are dropped from the pack.
+result.mask_sets). Finished members are dropped from the pack.
 
 Progress: after every epoch `on_epoch(EpochProgress)` gets the numbers (printing, Ray
 reports, TensorBoard and the benchmark are its consumers; none parse text).
@@ -45,13 +45,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mer_ray import model as M
+from mer_ray.model import pack
+from mer_ray.model.shape import ModelShape
 from mer_ray.errors import InputError
-from mer_ray.folds import make_folds
-from mer_ray.masks import PackRandom, dropout_threshold, member_key
-from mer_ray.members import MemberResult, SplitPredictions, mask_key, mask_sets, member_id
-from mer_ray.metrics import score
-from mer_ray.pack_adam import PackAdam, clip_per_member
+from mer_ray.train.folds import make_folds
+from mer_ray.train.masks import PackRandom, dropout_threshold, member_key
+from mer_ray.train.result import MemberResult, SplitPredictions, mask_key, mask_sets, member_id
+from mer_ray.train.metrics import score
+from mer_ray.train.pack_adam import PackAdam, clip_per_member
 
 PLATEAU_THRESHOLD = 1e-4  # torch ReduceLROnPlateau default (rel)
 EVAL_CHUNK = 1024
@@ -131,7 +132,7 @@ class TrainData:
         self.dropout_scale = dropout_threshold(config.dropout)[1] if config.dropout > 0 else 1.0
         self.x_train = {m: x * self.dropout_scale if config.dropout > 0 else x
                         for m, x in self.x.items()}
-        self.shape = M.ModelShape(tuple((m, int(self.x[m].shape[1])) for m in self.modalities),
+        self.shape = ModelShape(tuple((m, int(self.x[m].shape[1])) for m in self.modalities),
                                   config.hidden_dim, self.dataset.n_classes,
                                   self.dataset.has_valence)
         self.emotion = torch.from_numpy(np.maximum(store.emotion, 0)).to(device)
@@ -151,7 +152,7 @@ class _Member:
         self.fold, self.seed = fold, seed
         self.id = member_id(config.to_dict(), fold, seed)
         self.train_idx, self.val_idx = train_idx, val_idx
-        # pseudo-labelled rows (mer_ray.pseudo.FoldLabels), never held out
+        # pseudo-labelled rows (mer_ray.selftrain.pseudo.FoldLabels), never held out
         self.pseudo = pseudo
         self.g = member_generator(seed, fold)  # init and shuffles
         self.best = -math.inf
@@ -278,14 +279,14 @@ def predict_pack(params: dict, x: dict, rows: list[np.ndarray], mask=None):
             # some pack sizes, so a member's evaluation, and the best epoch chosen from
             # it, would depend on its pack. Same FLOPs. On a GPU the pack stays batched
             # (K times the kernel launches would cost more than the evaluation).
-            outs = [M.forward({n: p[i : i + 1] for n, p in params.items()},
+            outs = [pack.forward({n: p[i : i + 1] for n, p in params.items()},
                               {m: v[i : i + 1] for m, v in xs.items()},
                               None if modality_mask is None else modality_mask[i : i + 1])
                     for i in range(k)]
             logits = torch.cat([o.logits for o in outs])
             valence = None if outs[0].valence is None else torch.cat([o.valence for o in outs])
         else:
-            out = M.forward(params, xs, modality_mask)
+            out = pack.forward(params, xs, modality_mask)
             logits, valence = out.logits, out.valence
         for i, n in enumerate(lens):
             out_l[i].append(logits[i, :n].float().cpu().numpy())
@@ -358,7 +359,7 @@ def train_pack(store, config, specs, device: str = "cpu", on_epoch=None, data=No
                pseudo=None) -> list[MemberResult]:
     """Train members (fold, seed) of one config together; returns their MemberResults
     in the order of `specs`. `data` (TrainData) may be passed to share it between packs.
-    `pseudo` (mer_ray.pseudo.PseudoLabels): the pseudo-labelled rows each fold's members
+    `pseudo` (mer_ray.runs.pseudo_labels.PseudoLabels): the pseudo-labelled rows each fold's members
     add to their training rows (a self-training round >= 1)."""
     keep_freed_memory()
     flush_denormals()
@@ -381,7 +382,7 @@ def train_pack(store, config, specs, device: str = "cpu", on_epoch=None, data=No
                           if config.class_weights == "balanced" else None)
     soft = config.pseudo_targets == "soft" and pseudo is not None
     try:
-        params = M.stack([M.init_member(shape, m.g) for m in members])
+        params = pack.stack([pack.init_member(shape, m.g) for m in members])
         params = {n: p.to(device).requires_grad_(True) for n, p in params.items()}
         opt = PackAdam(params, [config.lr] * len(members), config.weight_decay)
     except (RuntimeError, MemoryError) as e:  # e.g. a hidden size that cannot be allocated
@@ -429,7 +430,7 @@ def train_pack(store, config, specs, device: str = "cpu", on_epoch=None, data=No
                 modality_mask = rand.modality_mask(s, drop_probs) if mod_drop else None
                 w = weight[s]
                 with _precision_context(config.precision, device):
-                    out = M.forward(params, xs, modality_mask, dropout_masks)
+                    out = pack.forward(params, xs, modality_mask, dropout_masks)
                     logits = out.logits.float()
                     ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]),
                                          target[s].reshape(-1), reduction="none")
@@ -488,7 +489,7 @@ def _end_of_epoch(data, config, epoch, live, params, opt, rand, loss_mean, t0, p
         value = met[data.metric]
         if value > m.best:
             m.best, m.best_epoch = value, epoch
-            m.best_weights = M.unstack(params, i)
+            m.best_weights = pack.unstack(params, i)
         if config.plateau_patience is not None:
             if m.plateau_best == -math.inf or value > m.plateau_best * (1 + PLATEAU_THRESHOLD):
                 m.plateau_best, m.bad_epochs = value, 0
@@ -537,7 +538,7 @@ def _results(data: TrainData, config, members) -> list[MemberResult]:
     trained = [m for m in members if m.best_weights is not None]
     out = {}
     if trained:
-        best = M.stack([m.best_weights for m in trained])
+        best = pack.stack([m.best_weights for m in trained])
         split_rows = {"oof": [m.val_idx for m in trained]}
         for s in data.dataset.test_splits:
             split_rows[s] = [store.rows(s)] * len(trained)

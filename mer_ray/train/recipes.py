@@ -18,7 +18,7 @@ take it with `--recipe FILE` wherever they take `--preset`:
       objective: cv_combined
       ...
 
-Every field goes through the same rule as `--set` (mer_ray.presets); an unknown key or
+Every field goes through the same rule as `--set` (mer_ray.train.presets); an unknown key or
 field, a bad value or a newer format is an InputError naming the file and the key. A
 recipe chosen on another store is used with a one-line warning naming both stores.
 """
@@ -37,7 +37,7 @@ RECIPE_FILE = "recipe.yaml"  # what `mer-ray search` writes into its run
 
 def recipe_text(config, base: str, chosen_on: dict, comment: str = "") -> str:
     """The YAML of `config` as the fields that differ from preset `base`."""
-    from mer_ray.presets import get_preset
+    from mer_ray.train.presets import get_preset
 
     reference = get_preset(base).to_dict()
     fields = {k: v for k, v in config.to_dict().items()
@@ -56,7 +56,7 @@ def write_recipe(location: str, config, base: str, chosen_on: dict, comment: str
 
 def read_recipe(location: str):
     """(TrainConfig, the file's dict) of a recipe file; InputError naming what is wrong."""
-    from mer_ray.presets import PRESETS, RULES, check_field, field_value
+    from mer_ray.train.presets import PRESETS, RULES, check_field, field_value
 
     try:
         with storage_errors(location, "reading"):

@@ -17,9 +17,9 @@ members saved of members_total, the least advanced running pack's epoch, best_f1
 (held-out F1 at the best epoch), progress (member-epochs done), members_training,
 packs_running, best_combined. The trial function runs the TorchTrainer's fit() in a
 thread and itself calls ray.tune.report at once, then every REPORT_EVERY_S seconds
-where the numbers changed, from the run's own files (mer_ray.status.TrialWatch): the
+where the numbers changed, from the run's own files (mer_ray.runs.status.TrialWatch): the
 member files saved so far and the progress file each pack rewrites after every epoch
-(mer_ray.progress). Its last report is exactly trial_summary(...) of the saved members,
+(mer_ray.runs.progress). Its last report is exactly trial_summary(...) of the saved members,
 so `r.metrics` is the summary `mer-ray tune` tabulates; every report carries the
 summary's keys (empty until then), since progress.csv keeps the first report's columns.
 Why not `ray.train.report` from the workers: it is a barrier (every worker must call it
@@ -43,7 +43,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from mer_ray.errors import InputError, RunStopped
-from mer_ray.run import (absolute, missing, pending_specs, read_config_members, record_run,
+from mer_ray.runs.run import (absolute, missing, pending_specs, read_config_members, record_run,
                          setting_label, train_members, value_text)
 
 DASHBOARD_HOST = "127.0.0.1"
@@ -159,7 +159,7 @@ def _restore_env(name: str) -> None:
 
 
 def _tensorboard_dir(run: str) -> str:
-    from mer_ray.progress import TENSORBOARD_DIR
+    from mer_ray.runs.progress import TENSORBOARD_DIR
     from mer_ray.storage import join
 
     return join(run, TENSORBOARD_DIR)
@@ -333,7 +333,7 @@ def _worker_loop(cfg: dict) -> None:
     import ray.train
 
     from mer_ray.data.store import read_store
-    from mer_ray.presets import TrainConfig
+    from mer_ray.train.presets import TrainConfig
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -478,7 +478,7 @@ def train_alone(store_path: str, config, seeds, run: str, workers: int | None = 
                 gpus_per_worker: float = 0, pack_size: int = 10, log=print, **kw) -> int:
     """`mer-ray train` through Ray: the plan printed, the driver's state kept for
     `mer-ray status`, then train_with_ray."""
-    from mer_ray.progress import DriverState
+    from mer_ray.runs.progress import DriverState
 
     nodes = cluster_nodes()
     plan = plan_workers(workers, gpus_per_worker, 1, nodes)
@@ -533,9 +533,9 @@ def _trial(cfg: dict) -> None:
 
     from ensembles.groups import trial_summary, trial_summary_keys
     from mer_ray.data.store import read_manifest
-    from mer_ray.dataset import Dataset
-    from mer_ray.presets import TrainConfig
-    from mer_ray.status import TrialWatch
+    from mer_ray.data.dataset import Dataset
+    from mer_ray.train.presets import TrainConfig
+    from mer_ray.runs.status import TrialWatch
 
     config = TrainConfig(**cfg["config"]).replace(**cfg["setting"])
     run, seeds = cfg["run"], cfg["seeds"]
@@ -583,7 +583,7 @@ def _trial(cfg: dict) -> None:
 
 
 def _trial_config(trial):
-    from mer_ray.presets import TrainConfig
+    from mer_ray.train.presets import TrainConfig
 
     return TrainConfig(**trial.config["config"]).replace(**trial.config["setting"])
 
@@ -625,7 +625,7 @@ def _grid_name(config, settings: list[dict]) -> str:
 
 
 def _state_callback(state):
-    """Tune's view of each trial, into the driver state file (mer_ray.progress)."""
+    """Tune's view of each trial, into the driver state file (mer_ray.runs.progress)."""
     from ray import tune
 
     class TrialStates(tune.Callback):
@@ -660,7 +660,7 @@ def tune_grid(store_path: str, config, settings: list[dict], seeds, run: str,
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
-    from mer_ray.progress import DriverState
+    from mer_ray.runs.progress import DriverState
 
     nodes = cluster_nodes()
     plan = plan_workers(workers, gpus_per_worker, len(settings), nodes)

@@ -10,10 +10,10 @@ Run folder (a local path or a pyarrow filesystem URI):
     RUN/run.json                    the store used (location, content hash, dataset),
                                     every config trained into the run and the seeds
                                     asked of each (`seeds`, one list per config)
-    RUN/members/<id>.safetensors    one member's best-epoch weights (mer_ray.weights)
-    RUN/members/<id>.parquet        its predictions, written last (mer_ray.members)
+    RUN/members/<id>.safetensors    one member's best-epoch weights (mer_ray.model.weights)
+    RUN/members/<id>.parquet        its predictions, written last (mer_ray.runs.members)
     RUN/tensorboard/<id>/           the member's curves, one point per epoch
-                                    (mer_ray.progress; off with --no-tensorboard)
+                                    (mer_ray.runs.progress; off with --no-tensorboard)
     RUN/progress/<pack-id>.json     a pack being trained, rewritten every epoch and
                                     removed once its members are saved (`mer-ray
                                     status`, the live Tune reports)
@@ -26,7 +26,8 @@ import json
 import time
 
 from mer_ray.errors import InputError, StorageError
-from mer_ray.members import existing_member_ids, member_id, member_path, read_member, write_member
+from mer_ray.runs.members import existing_member_ids, member_path, read_member, write_member
+from mer_ray.train.result import member_id
 from mer_ray.storage import absolute, join, read_bytes, storage_errors, write_bytes
 
 RUN_FORMAT = "mer-ray-run/2"
@@ -53,7 +54,7 @@ def setting_label(config) -> str:
     """`robust_v3 warmup=40`: the preset, the warmup and each other field that differs
     from the preset. It names a Tune trial and its Train run the same on every start, and
     the same setting in the console, the progress files and `mer-ray status`."""
-    from mer_ray.presets import TrainConfig, get_preset
+    from mer_ray.train.presets import TrainConfig, get_preset
 
     try:
         preset = get_preset(config.preset).to_dict()
@@ -137,18 +138,18 @@ def train_members(store, config, specs, run, pack_size: int = 10, device: str = 
 
     A failure to save one member (a full disk, say) does not discard the others: every
     member that can be saved is, then one StorageError says how many were kept and how
-    to resume. Each pack's EpochProgress (mer_ray.trainer) goes to the console (lines
+    to resume. Each pack's EpochProgress (mer_ray.train.trainer) goes to the console (lines
     every `log_every` epochs, or a tqdm bar with `bar`), its members' TensorBoard curves
-    (`tensorboard`), its progress file (mer_ray.progress) and `on_epoch`."""
-    from mer_ray.progress import pack_consumers, remove_finished_progress
-    from mer_ray.trainer import TrainData, train_pack  # torch loads only when training
+    (`tensorboard`), its progress file (mer_ray.runs.progress) and `on_epoch`."""
+    from mer_ray.runs.progress import pack_consumers, remove_finished_progress
+    from mer_ray.train.trainer import TrainData, train_pack  # torch loads only when training
 
     written = []
     packs = [specs[i : i + pack_size] for i in range(0, len(specs), pack_size)]
     data = TrainData(store, config, device) if packs else None
     pseudo = None
     if packs and config.pseudo_round > 0:  # a self-training round: its pseudo-labels
-        from mer_ray.pseudo import read_labels
+        from mer_ray.runs.pseudo_labels import read_labels
 
         pseudo = read_labels(run, config, store)
     cfg = config.to_dict()

@@ -2,7 +2,7 @@
 
 A member is one trained model = (recipe config, fold, seed). It leaves
 
-    RUN/members/<member_id>.safetensors   its best-epoch weights (mer_ray.weights),
+    RUN/members/<member_id>.safetensors   its best-epoch weights (mer_ray.model.weights),
                                           written first
     RUN/members/<member_id>.parquet       its predictions, written last: the "done"
                                           marker
@@ -29,7 +29,7 @@ The Parquet file has one row per predicted sample:
 and the schema metadata key `mer_ray.member` holds JSON: member_id, config, fold, seed,
 best_epoch, epochs_run, metrics, history, classes, dataset, model, store (content hash,
 features used), status, stop_reason, weights (file name and SHA-256) and, for a
-self-training student, pseudo (where its pseudo-labels came from: mer_ray.pseudo).
+self-training student, pseudo (where its pseudo-labels came from: mer_ray.selftrain.pseudo).
 
 Only pyarrow and numpy here: the `ensembles` package reads these files without torch.
 Locations are local paths or pyarrow filesystem URIs (s3://, gs://, file://).
@@ -37,113 +37,20 @@ Locations are local paths or pyarrow filesystem URIs (s3://, gs://, file://).
 
 from __future__ import annotations
 
-import hashlib
-import itertools
 import json
-from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mer_ray.dataset import MODALITIES, Dataset
 from mer_ray.errors import InputError
-from mer_ray.presets import ADDED_FIELDS
 from mer_ray.storage import (TMP_PREFIX, file_type, join, list_files, missing_bucket,
                              parent_and_name, resolve, storage_errors, write_bytes)
+from mer_ray.train.result import (FORMAT, OLD_FORMAT, OOF, PARQUET, WEIGHTS, MemberResult,
+                                  SplitPredictions, _old_dataset)
 
-FORMAT = "mer-ray-member/2"
-OLD_FORMAT = "mer-ray-member/1"
 META_KEY = b"mer_ray.member"
 MEMBERS_DIR = "members"
-OOF = "oof"
-PARQUET, WEIGHTS = ".parquet", ".safetensors"
-
-
-def mask_sets(modalities) -> list[tuple[str, ...]]:
-    """Modalities zeroed at inference for the robustness analysis: every non-empty proper
-    subset, smallest first (each single one, then each pair, ...)."""
-    modalities = tuple(modalities)
-    return [c for k in range(1, len(modalities)) for c in itertools.combinations(modalities, k)]
-
-
-MASKS = tuple(mask_sets(MODALITIES))  # the three-modality case
-
-
-def mask_key(mods) -> str:
-    return "_".join(mods)
-
-
-def member_id(config: dict, fold: int, seed: int) -> str:
-    """Stable id of (config, fold, seed): readable prefix + hash of the full config.
-    Fields added since the first member format are left out where they have their
-    default, so members trained before those fields existed keep their ids."""
-    cfg = {k: v for k, v in config.items() if not (k in ADDED_FIELDS and v == ADDED_FIELDS[k])}
-    payload = json.dumps({"config": cfg, "fold": int(fold), "seed": int(seed)}, sort_keys=True)
-    digest = hashlib.sha256(payload.encode()).hexdigest()[:12]
-    return f"{config['preset']}-w{config['warmup']}-f{fold}-s{seed}-{digest}"
-
-
-@dataclass
-class SplitPredictions:
-    names: np.ndarray  # [n] str
-    logits: np.ndarray  # [n, C] float32
-    valence: np.ndarray | None  # [n] float32; None without a valence head
-    label: np.ndarray  # [n] int64, -1 where unlabelled
-    valence_label: np.ndarray  # [n] float32, NaN where unknown
-    masked: dict[str, tuple[np.ndarray, np.ndarray | None]] = field(default_factory=dict)
-    # mask_key -> (logits [n, C], valence [n] or None)
-
-    @property
-    def labelled(self) -> bool:
-        return bool(len(self.label)) and bool((np.asarray(self.label) >= 0).all())
-
-
-@dataclass
-class MemberResult:
-    member_id: str
-    config: dict
-    fold: int
-    seed: int
-    best_epoch: int
-    epochs_run: int
-    metrics: dict  # split -> metric name -> value (labelled splits only)
-    history: list[dict]  # one dict per epoch run
-    classes: list[str]
-    store: dict  # {"content_hash": ..., "features": {modality: {"feature", "dim"}}}
-    predictions: dict[str, SplitPredictions]  # "oof" + test splits -> predictions
-    dataset: dict = field(default_factory=dict)  # Dataset.to_dict()
-    model: dict = field(default_factory=dict)  # ModelShape.to_dict()
-    status: str = "ok"  # "ok", or "failed" (no predictions, no weights)
-    stop_reason: str | None = None  # why training ended early, where it did
-    weights: dict | None = None  # best-epoch pack-layout weights (in memory only)
-    weights_sha256: str | None = None
-    path: str | None = None  # where it was read from / written to
-    # a self-training student's pseudo-labels: file, sha256, round, teacher_fold,
-    # teachers (member ids), rows (mer_ray.pseudo); None for a member without
-    pseudo: dict | None = None
-
-    @property
-    def description(self) -> Dataset:
-        if self.dataset:
-            return Dataset.from_dict(self.dataset, str(self.path or self.member_id))
-        return _infer_dataset(self)
-
-    @property
-    def test_splits(self) -> list[str]:
-        return [s for s in self.predictions if s != OOF]
-
-    def meta(self) -> dict:
-        return {
-            "format": FORMAT, "member_id": self.member_id, "config": self.config,
-            "fold": self.fold, "seed": self.seed, "best_epoch": self.best_epoch,
-            "epochs_run": self.epochs_run, "metrics": self.metrics, "history": self.history,
-            "classes": self.classes, "dataset": self.dataset, "model": self.model,
-            "store": self.store, "status": self.status, "stop_reason": self.stop_reason,
-            "weights": ({"file": self.member_id + WEIGHTS, "sha256": self.weights_sha256}
-                        if self.weights_sha256 else None),
-            **({"pseudo": self.pseudo} if self.pseudo is not None else {}),
-        }
 
 
 def _fsl(parts, width: int):
@@ -197,7 +104,7 @@ def weights_path(member_file: str) -> str:
 def write_member(result: MemberResult, run) -> str:
     """Write a member: its weights first (where it has any), then its Parquet file, each
     atomically. Returns the Parquet file's location."""
-    from mer_ray.weights import weights_bytes, write_weights
+    from mer_ray.model.weights import weights_bytes, write_weights
 
     final = member_path(run, result.member_id)
     if result.weights is not None:
@@ -265,32 +172,6 @@ def list_member_files(run) -> list[str]:
     return [f for f in list_files(run, PARQUET, recursive=True)
             if parent_and_name(parent_and_name(f)[0])[1] == MEMBERS_DIR
             and not parent_and_name(f)[1].startswith(TMP_PREFIX)]
-
-
-def _old_dataset(meta: dict) -> dict:
-    """The first member format was MER2023 only."""
-    from mer_ray.constants import MER2023
-
-    if list(meta["classes"]) != list(MER2023.classes):
-        return Dataset("unknown", tuple(meta["classes"]), MER2023.splits).to_dict()
-    return MER2023.to_dict()
-
-
-def _infer_dataset(result: MemberResult) -> Dataset:
-    """A description for a result made without one (in memory, by hand): its prediction
-    splits as labelled or unlabelled test splits, valence where labels have it."""
-    from mer_ray.dataset import Split
-
-    oof = result.predictions.get(OOF)
-    splits = [Split("train", "train", bool(oof is not None and oof.valence is not None
-                                          and not np.isnan(oof.valence_label).all()))]
-    for name in result.test_splits:
-        p = result.predictions[name]
-        labelled = p.labelled
-        splits.append(Split(name, "test" if labelled else "unlabelled",
-                            labelled and p.valence is not None
-                            and not np.isnan(p.valence_label).all()))
-    return Dataset("unnamed", tuple(result.classes), tuple(splits))
 
 
 def read_member(location: str) -> MemberResult:

@@ -2,7 +2,7 @@
 
 safetensors holds tensors and a str -> str header, nothing executable (no pickle), and
 loads anywhere. The tensors are the reference module's `state_dict`
-(mer_ray.reference.AttentionModel), so a saved member loads straight into it; the
+(mer_ray.model.module.AttentionModel), so a saved member loads straight into it; the
 header key `mer_ray` holds JSON with what rebuilds the model without the store:
 member id, config, model shape (dims, hidden, classes, valence head), the feature
 name and dim per modality, the class names in order, the dataset description, the
@@ -19,6 +19,7 @@ import hashlib
 import json
 
 from mer_ray.errors import InputError
+from mer_ray.model.shape import FUSION, ModelShape, layer_shapes
 from mer_ray.storage import read_bytes, storage_errors, write_bytes
 
 FORMAT = "mer-ray-weights/1"
@@ -26,11 +27,42 @@ META_KEY = "mer_ray"
 SUFFIX = ".safetensors"
 
 
+# ---------------------------------------------------------------- pack <-> state_dict
+def _module_name(pack_name: str) -> str:
+    """'audio.0' -> 'encoders.audio.layers.0', 'fusion.1' -> 'fusion.layers.1',
+    'emotion' -> 'emotion'."""
+    head, _, index = pack_name.rpartition(".")
+    if not head:
+        return pack_name
+    return f"{FUSION}.layers.{index}" if head == FUSION else f"encoders.{head}.layers.{index}"
+
+
+def to_state_dict(member: dict) -> dict:
+    """One member's pack weights ('audio.0.W' [in, out], 'audio.0.b' [1, out]) as the
+    module's state_dict ('encoders.audio.layers.0.weight' [out, in], '.bias' [out])."""
+    out = {}
+    for name, value in member.items():
+        layer, kind = name.rsplit(".", 1)
+        if kind == "W":
+            out[f"{_module_name(layer)}.weight"] = value.detach().t().contiguous()
+        else:
+            out[f"{_module_name(layer)}.bias"] = value.detach().reshape(-1).clone()
+    return out
+
+
+def from_state_dict(state: dict, shape: ModelShape) -> dict:
+    """The inverse of to_state_dict, in model.layer_shapes order."""
+    out = {}
+    for layer, _, fan_out in layer_shapes(shape):
+        module = _module_name(layer)
+        out[f"{layer}.W"] = state[f"{module}.weight"].t().contiguous()
+        out[f"{layer}.b"] = state[f"{module}.bias"].reshape(1, fan_out).clone()
+    return out
+
+
 def weights_bytes(member_weights: dict, meta: dict) -> bytes:
     """Pack-layout weights of one member -> safetensors bytes (state_dict layout)."""
-    from safetensors.torch import save
-
-    from mer_ray.reference import to_state_dict
+    from safetensors.torch import save  # loads torch: only where weights are written
 
     state = {k: v.detach().float().cpu().contiguous() for k, v in
              to_state_dict(member_weights).items()}

@@ -2,7 +2,7 @@
 
 Round 0 is the recipe (or grid) exactly as `train` / `tune` run it: its members have the
 plain recipe's ids, so a run that already holds them is round 0 as it is. Round r >= 1:
-round r-1's members label the store's pool (mer_ray.pseudo: fold-matched teachers, a
+round r-1's members label the store's pool (mer_ray.selftrain.pseudo: fold-matched teachers, a
 threshold or top-k selection, per-class caps), and the round's students train on their
 labelled rows plus the selected pseudo-labelled ones, through the same path as any
 run (in this process, or Ray Train / Tune). The round is part of each member's config
@@ -78,9 +78,10 @@ def selftrain(store_location: str, out: str, config, settings: list[dict], seeds
     train every round even where the out-of-fold score did not improve (to see them all;
     the round chosen is still the best on out-of-fold)."""
     from ensembles.groups import trial_summary
-    from mer_ray.preflight import preflight, replace_out
-    from mer_ray.pseudo import candidate_splits, ensure_labels, labels_meta
-    from mer_ray.run import read_config_members, record_run
+    from mer_ray.runs.preflight import preflight, replace_out
+    from mer_ray.runs.pseudo_labels import labels_meta
+    from mer_ray.selftrain.pseudo import candidate_splits, ensure_labels
+    from mer_ray.runs.run import read_config_members, record_run
 
     if isinstance(rounds, bool) or not isinstance(rounds, int) or not 1 <= rounds <= 100:
         raise InputError(f"--rounds {rounds!r}: expected an integer in [1, 100]")
@@ -98,7 +99,7 @@ def selftrain(store_location: str, out: str, config, settings: list[dict], seeds
 
     ray_started = False
     if not training.no_ray:
-        from mer_ray import ray_train
+        from mer_ray.distributed import ray_train
 
         ray_started = ray_train.connect(address)
     history: list[RoundRecord] = []
@@ -148,7 +149,7 @@ def selftrain(store_location: str, out: str, config, settings: list[dict], seeds
                 break
     finally:
         if ray_started:
-            from mer_ray import ray_train
+            from mer_ray.distributed import ray_train
 
             ray_train.disconnect()
     _write_summary(out, history, rounds)
@@ -157,14 +158,14 @@ def selftrain(store_location: str, out: str, config, settings: list[dict], seeds
 
 
 def _label(config) -> str:
-    from mer_ray.run import setting_label
+    from mer_ray.runs.run import setting_label
 
     return setting_label(config)
 
 
 def _train_round(store, store_location, out, configs: dict, settings, seeds, training, log):
     """One round's configs, trained as `train` (one setting) or `tune` (a grid) would."""
-    from mer_ray.run import train_grid_here
+    from mer_ray.runs.run import train_grid_here
 
     if training.no_ray:
         for c in configs.values():
@@ -172,7 +173,7 @@ def _train_round(store, store_location, out, configs: dict, settings, seeds, tra
                             training.device, log=log, log_every=training.log_every,
                             tensorboard=training.tensorboard, bar=training.bar)
         return
-    from mer_ray import ray_train
+    from mer_ray.distributed import ray_train
 
     if len(configs) == 1:
         ray_train.train_alone(store_location, next(iter(configs.values())), seeds, out,

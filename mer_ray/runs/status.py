@@ -4,13 +4,13 @@
 - What it holds: the member files (their footers: status, best epoch, epochs run, the
   held-out fold's metrics); nothing else is read of them.
 - What is being trained: RUN/progress/<pack-id>.json, which each pack rewrites after
-  every epoch and removes once its members are saved (mer_ray.progress). A file whose
+  every epoch and removes once its members are saved (mer_ray.runs.progress). A file whose
   process is gone (same host) or that has not changed for a long while (the larger of
   STALE_MIN_S and STALE_EPOCHS epochs) belongs to a pack that stopped: killed, or its
   machine lost. Its members are simply missing; the same command trains them again.
 
 The same reading, cut down to one config and a few numbers, is what each Ray Tune trial
-reports while it runs (`TrialWatch`, used by mer_ray.ray_train).
+reports while it runs (`TrialWatch`, used by mer_ray.distributed.ray_train).
 """
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ import statistics
 import time
 
 from mer_ray.errors import InputError
-from mer_ray.members import existing_member_ids, member_id, member_meta, member_path
-from mer_ray.progress import HEARTBEAT_S, eta_text, read_driver_states, read_progress
-from mer_ray.run import all_specs, read_run, setting_label
+from mer_ray.runs.members import existing_member_ids, member_meta, member_path
+from mer_ray.train.result import member_id
+from mer_ray.runs.progress import HEARTBEAT_S, eta_text, read_driver_states, read_progress
+from mer_ray.runs.run import all_specs, read_run, setting_label
 
 STALE_MIN_S = 300.0
 STALE_EPOCHS = 10
@@ -84,7 +85,7 @@ def _member_view(meta: dict) -> dict:
 
 def run_status(run, now: float | None = None) -> dict:
     """Everything `mer-ray status` shows, as plain data (its --json output)."""
-    from mer_ray.presets import TrainConfig
+    from mer_ray.train.presets import TrainConfig
 
     now = time.time() if now is None else now
     info = read_run(run)
@@ -297,7 +298,7 @@ def format_status(status: dict, members: bool = False) -> str:
 
 class TrialWatch:
     """One Tune trial's live numbers, read from the run's files every few seconds by the
-    trial function (mer_ray.ray_train): members saved of this config and seeds, packs
+    trial function (mer_ray.distributed.ray_train): members saved of this config and seeds, packs
     running and their least advanced epoch, the best held-out F1 of any member at any
     epoch so far (saved members: their history; running ones: their progress file), the
     best held-out combined metric likewise. Only progress files written since the trial

@@ -1,10 +1,10 @@
 """MER2023's facts, as one built-in dataset description (docs/contracts.md).
 
 Only the synthetic generator and the importer's defaults read these: everything else
-reads the dataset from the store or the member files (mer_ray.dataset).
+reads the dataset from the store or the member files (mer_ray.data.dataset).
 """
 
-from mer_ray.dataset import MODALITIES, Dataset, Split
+from mer_ray.data.dataset import MODALITIES, Dataset, Split
 
 __all__ = ["MODALITIES", "MER2023", "MER2023_FEATURES", "MER2023_COUNTS", "MER_CLASSES",
            "VALENCE_PLACEHOLDER", "PLACEHOLDER_EMOTION", "MER2023_REPORTED"]
