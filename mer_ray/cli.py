@@ -150,24 +150,26 @@ def _run_grid(args, settings):
         return config, seeds, None
     del checked  # the workers read the store themselves
 
-    from mer_ray.distributed import ray_train
+    from mer_ray.distributed.cluster import connect, disconnect
+    from mer_ray.distributed.train import train_alone
+    from mer_ray.distributed.tune import tune_grid
 
-    started = ray_train.connect(args.address)
+    started = connect(args.address)
     try:
         if args.command == "train":
-            ray_train.train_alone(args.store, config, seeds, args.out, args.workers,
-                                  args.gpus_per_worker, args.pack_size,
-                                  log_every=args.log_every, tensorboard=args.tensorboard,
-                                  wait_s=args.wait_for_capacity)
+            train_alone(args.store, config, seeds, args.out, args.workers,
+                        args.gpus_per_worker, args.pack_size,
+                        log_every=args.log_every, tensorboard=args.tensorboard,
+                        wait_s=args.wait_for_capacity)
             return config, seeds, None
-        grid = ray_train.tune_grid(args.store, config, settings, seeds, args.out, args.workers,
-                                   args.gpus_per_worker, args.pack_size,
-                                   log_every=args.log_every, tensorboard=args.tensorboard,
-                                   verbose=args.tune_verbose, wait_s=args.wait_for_capacity)
+        grid = tune_grid(args.store, config, settings, seeds, args.out, args.workers,
+                         args.gpus_per_worker, args.pack_size,
+                         log_every=args.log_every, tensorboard=args.tensorboard,
+                         verbose=args.tune_verbose, wait_s=args.wait_for_capacity)
         return config, seeds, [(r.config["setting"], r.metrics) for r in grid]
     finally:
         if started:
-            ray_train.disconnect()
+            disconnect()
 
 
 def _device(requested: str | None) -> str:

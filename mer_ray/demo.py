@@ -37,7 +37,8 @@ def run_demo(out: str, seed: int = 0, scale: float = DEMO_SCALE, seeds=DEMO_SEED
              overwrite: bool = False, address: str | None = None) -> None:
     from ensembles.groups import trial_table
     from ensembles.score import score_runs
-    from mer_ray.distributed import ray_train
+    from mer_ray.distributed.cluster import connect, disconnect
+    from mer_ray.distributed.tune import tune_grid
     from mer_ray.data.mertools import import_mertools
     from mer_ray.data.store import summary_table
     from mer_ray.data.synth import synthesize
@@ -68,13 +69,13 @@ def run_demo(out: str, seed: int = 0, scale: float = DEMO_SCALE, seeds=DEMO_SEED
     record_run(run, store, configs, checked.store.manifest, seeds=list(seeds))
     print(f"[3/4] Ray Tune over warmup {'/'.join(map(str, DEMO_WARMUPS))} "
           f"({time.perf_counter() - t0:.0f} s so far)")
-    started = ray_train.connect(address)
+    started = connect(address)
     try:
-        grid = ray_train.tune_grid(store, config, settings, list(seeds), run,
-                                   pack_size=demo_pack_size(seeds))
+        grid = tune_grid(store, config, settings, list(seeds), run,
+                         pack_size=demo_pack_size(seeds))
     finally:
         if started:
-            ray_train.disconnect()
+            disconnect()
     print("\ntrials (each seed's fold-averaged members, mean over seeds)")
     print(trial_table([(r.config["setting"], r.metrics) for r in grid]))
     print(f"\n[4/4] ensembles of every member ({time.perf_counter() - t0:.0f} s so far)")

@@ -205,7 +205,7 @@ def test_job_env_fills_the_train_api_and_folds_no_lines(runtime_env, kuberay):
     """A job's driver prints every progress line (Ray would fold lines that differ only in
     numbers) but not the raylet's worker-count warnings, as an embedded Ray does; its
     Train runs are tracked; the KubeRay RayJob runs with the same env."""
-    from mer_ray.distributed.ray_train import CONSOLE_ENV
+    from mer_ray.distributed.cluster import CONSOLE_ENV
 
     assert {**CONSOLE_ENV, "RAY_TRAIN_ENABLE_STATE_TRACKING": "1"}.items() \
         <= runtime_env["env_vars"].items()

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.skipif(
 
 DRIVER = """\
 import sys
-from mer_ray.distributed.ray_train import connect
+from mer_ray.distributed.cluster import connect
 
 connect(num_cpus=1)
 print("ready", flush=True)

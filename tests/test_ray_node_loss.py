@@ -16,7 +16,9 @@ from ray.cluster_utils import Cluster
 from mer_ray.errors import RunStopped
 from mer_ray.runs.members import existing_member_ids
 from mer_ray.train.result import member_id
-from mer_ray.distributed.ray_train import START_TIMEOUT_ENV, cluster_nodes, plan_workers, train_alone
+from mer_ray.distributed.cluster import cluster_nodes
+from mer_ray.distributed.plan import plan_workers
+from mer_ray.distributed.train import START_TIMEOUT_ENV, train_alone
 from mer_ray.runs.run import all_specs, record_run
 from mer_ray.runs.status import format_status, run_status
 from raytools import fast_config, tiny_store, wait_until

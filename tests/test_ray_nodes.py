@@ -13,7 +13,8 @@ from ray.cluster_utils import Cluster
 
 from mer_ray.runs.members import existing_member_ids
 from mer_ray.train.result import member_id
-from mer_ray.distributed.ray_train import Plan, train_with_ray
+from mer_ray.distributed.plan import Plan
+from mer_ray.distributed.train import train_with_ray
 from mer_ray.runs.run import all_specs
 from raytools import fast_config, set_args, tiny_store
 

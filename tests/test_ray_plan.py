@@ -6,7 +6,7 @@ import itertools
 import pytest
 
 from mer_ray.errors import InputError
-from mer_ray.distributed.ray_train import Plan, plan_workers
+from mer_ray.distributed.plan import Plan, plan_workers
 from raytools import capture_torch_trainer
 
 
@@ -90,13 +90,13 @@ def test_every_plan_fits_its_cluster():
 def test_train_with_ray_uses_gloo(monkeypatch, tmp_path):
     """Workers never use the process group; NCCL (Train's default with GPUs) does not
     support several ranks on one GPU, so the TorchTrainer always asks for gloo."""
-    from mer_ray.distributed import ray_train
+    from mer_ray.distributed.train import train_with_ray
     from mer_ray.train.presets import get_preset
     seen = capture_torch_trainer(monkeypatch)
     config = get_preset("robust_v3").replace(epochs=1)
     plan = plan_workers(None, 1 / 3, 3, node(1))
-    assert ray_train.train_with_ray("store", config, [0], str(tmp_path / "run"), plan,
-                                    log=lambda *a: None) == 5
+    assert train_with_ray("store", config, [0], str(tmp_path / "run"), plan,
+                          log=lambda *a: None) == 5
     assert seen["torch_config"].backend == "gloo"
     assert seen["scaling_config"].use_gpu
     assert seen["scaling_config"].resources_per_worker == {"GPU": 0.3333, "CPU": 1.0}
@@ -119,7 +119,7 @@ def test_plans_count_what_fits_node_by_node():
 
 
 def test_plan_lines_say_what_runs_and_what_waits():
-    from mer_ray.distributed.ray_train import plan_lines
+    from mer_ray.distributed.plan import plan_lines
 
     two = [dict(node(0, 1), address="10.0.0.1"), dict(node(0, 1), address="10.0.0.2")]
     lines = plan_lines(plan_workers(2, 0, 3, two), 3, two)
@@ -135,7 +135,7 @@ def failing_trainer(monkeypatch, nodes_seen: list[list[dict]]):
     import ray.train.torch
     from ray.train import TrainingFailedError
 
-    from mer_ray.distributed import ray_train
+    from mer_ray.distributed import train as distributed_train
 
     class Failing:
         def __init__(self, *args, **kw):
@@ -147,7 +147,7 @@ def failing_trainer(monkeypatch, nodes_seen: list[list[dict]]):
     monkeypatch.setattr(ray.train.torch, "TorchTrainer", Failing)
     monkeypatch.setattr(ray, "is_initialized", lambda: True)
     views = iter(nodes_seen)
-    monkeypatch.setattr(ray_train, "cluster_nodes", lambda: next(views))
+    monkeypatch.setattr(distributed_train, "cluster_nodes", lambda: next(views))
 
 
 def test_a_crash_on_a_whole_cluster_is_raised_as_it_is(monkeypatch, tmp_path):
@@ -155,18 +155,18 @@ def test_a_crash_on_a_whole_cluster_is_raised_as_it_is(monkeypatch, tmp_path):
     stop and not a re-plan that would only fail again."""
     from ray.train import TrainingFailedError
 
-    from mer_ray.distributed import ray_train
+    from mer_ray.distributed.train import train_with_ray
     from mer_ray.train.presets import get_preset
 
     here = [{"CPU": 2.0, "GPU": 0.0, "address": "10.0.0.1", "id": "a" * 16}]
     failing_trainer(monkeypatch, [here, here])
     with pytest.raises(TrainingFailedError, match="boom"):
-        ray_train.train_with_ray("store", get_preset("robust_v3"), [0], str(tmp_path / "run"),
-                                 Plan(2, 1, {"CPU": 1.0}), log=lambda *a: None)
+        train_with_ray("store", get_preset("robust_v3"), [0], str(tmp_path / "run"),
+                       Plan(2, 1, {"CPU": 1.0}), log=lambda *a: None)
 
 
 def test_a_lost_node_and_no_room_left_is_one_clear_stop(monkeypatch, tmp_path):
-    from mer_ray.distributed import ray_train
+    from mer_ray.distributed.train import train_with_ray
     from mer_ray.errors import RunStopped
     from mer_ray.train.presets import get_preset
 
@@ -174,8 +174,8 @@ def test_a_lost_node_and_no_room_left_is_one_clear_stop(monkeypatch, tmp_path):
     gone = {"CPU": 1.0, "GPU": 0.0, "address": "10.0.0.7", "id": "c8c8dce1" + "0" * 8}
     failing_trainer(monkeypatch, [[head, gone], [head]])
     with pytest.raises(RunStopped) as e:
-        ray_train.train_with_ray("store", get_preset("robust_v3"), [0], str(tmp_path / "run"),
-                                 Plan(1, 1, {"CPU": 1.0}), log=lambda *a: None, wait_s=30)
+        train_with_ray("store", get_preset("robust_v3"), [0], str(tmp_path / "run"),
+                       Plan(1, 1, {"CPU": 1.0}), log=lambda *a: None, wait_s=30)
     text = str(e.value)
     assert "node(s) 10.0.0.7 (c8c8dce1) left the cluster" in text
     assert "(1 CPU each) within 30 s" in text

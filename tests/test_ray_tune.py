@@ -12,8 +12,11 @@ import ray
 from mer_ray.runs.members import existing_member_ids
 from mer_ray.train.result import member_id
 from mer_ray.train.presets import get_preset
-from mer_ray.distributed.ray_train import (PREEMPTION_WATCHER_ENV, STATE_TRACKING_ENV, plan_workers,
-                               setting_label, train_with_ray, tune_grid)
+from mer_ray.distributed.cluster import PREEMPTION_WATCHER_ENV, STATE_TRACKING_ENV
+from mer_ray.distributed.plan import plan_workers
+from mer_ray.distributed.train import train_with_ray
+from mer_ray.distributed.tune import tune_grid
+from mer_ray.runs.run import setting_label
 from mer_ray.runs.run import all_specs
 from raytools import assert_curves, fast_config, tiny_store
 
@@ -195,7 +198,7 @@ def test_embedded_ray_runs_without_train_preemption_watchers():
     import sys
 
     code = ("import os, ray\n"
-            "from mer_ray.distributed.ray_train import connect, PREEMPTION_WATCHER_ENV as E\n"
+            "from mer_ray.distributed.cluster import connect, PREEMPTION_WATCHER_ENV as E\n"
             "connect(log=lambda m: None, num_cpus=1)\n"
             "print('seen', ray.get(ray.remote(lambda: os.environ.get(E)).remote()))\n"
             "ray.shutdown()\n")
@@ -219,7 +222,7 @@ def test_embedded_ray_console_shows_every_line_and_where_the_token_is(tmp_path):
     own state API reach the workers."""
     code = ("import os, time, ray\n"
             "from ray.util.state import list_actors\n"
-            "from mer_ray.distributed.ray_train import connect, STATE_TRACKING_ENV as E\n"
+            "from mer_ray.distributed.cluster import connect, STATE_TRACKING_ENV as E\n"
             "connect(num_cpus=1)\n"
             "@ray.remote(num_cpus=0)\n"
             "class Worker:\n"
@@ -264,7 +267,7 @@ def test_disconnect_puts_the_environment_back():
     import sys
 
     code = ("import os, ray\n"
-            "from mer_ray.distributed.ray_train import connect, disconnect\n"
+            "from mer_ray.distributed.cluster import connect, disconnect\n"
             "connect(log=lambda m: None, num_cpus=1)\n"
             "print('during', os.environ.get('RAY_API_SERVER_ADDRESS'))\n"
             "disconnect()\n"

@@ -192,13 +192,14 @@ def test_status_of_a_folder_that_is_no_run_is_one_line(tmp_path, capsys):
 
 
 def test_train_with_ray_hands_log_every_and_tensorboard_to_the_workers(monkeypatch, tmp_path):
-    from mer_ray.distributed import ray_train
+    from mer_ray.distributed.plan import Plan
+    from mer_ray.distributed.train import train_with_ray
     from mer_ray.train.presets import get_preset
     seen = capture_torch_trainer(monkeypatch)
-    plan = ray_train.Plan(1, 1, {"CPU": 1.0})
-    assert ray_train.train_with_ray("store", get_preset("robust_v3"), [0], str(tmp_path / "r"),
-                                    plan, log=lambda *a: None, log_every=3,
-                                    tensorboard=False) == 5
+    plan = Plan(1, 1, {"CPU": 1.0})
+    assert train_with_ray("store", get_preset("robust_v3"), [0], str(tmp_path / "r"),
+                          plan, log=lambda *a: None, log_every=3,
+                          tensorboard=False) == 5
     assert seen["train_loop_config"]["log_every"] == 3
     assert seen["train_loop_config"]["tensorboard"] is False
 

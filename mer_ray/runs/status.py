@@ -10,7 +10,7 @@
   machine lost. Its members are simply missing; the same command trains them again.
 
 The same reading, cut down to one config and a few numbers, is what each Ray Tune trial
-reports while it runs (`TrialWatch`, used by mer_ray.distributed.ray_train).
+reports while it runs (`TrialWatch`, used by mer_ray.distributed.tune).
 """
 
 from __future__ import annotations
@@ -298,7 +298,7 @@ def format_status(status: dict, members: bool = False) -> str:
 
 class TrialWatch:
     """One Tune trial's live numbers, read from the run's files every few seconds by the
-    trial function (mer_ray.distributed.ray_train): members saved of this config and seeds, packs
+    trial function (mer_ray.distributed.tune): members saved of this config and seeds, packs
     running and their least advanced epoch, the best held-out F1 of any member at any
     epoch so far (saved members: their history; running ones: their progress file), the
     best held-out combined metric likewise. Only progress files written since the trial

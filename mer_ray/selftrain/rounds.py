@@ -42,7 +42,7 @@ class Training:
     tensorboard: bool = True
     tune_verbose: int = 0
     bar: bool = False
-    wait_s: float = 300.0  # Ray: how long a run waits for lost capacity (ray_train)
+    wait_s: float = 300.0  # Ray: how long a run waits for lost capacity (mer_ray.distributed.train)
 
 
 @dataclass
@@ -99,9 +99,9 @@ def selftrain(store_location: str, out: str, config, settings: list[dict], seeds
 
     ray_started = False
     if not training.no_ray:
-        from mer_ray.distributed import ray_train
+        from mer_ray.distributed.cluster import connect, disconnect
 
-        ray_started = ray_train.connect(address)
+        ray_started = connect(address)
     history: list[RoundRecord] = []
     best = {i: float("-inf") for i in range(len(chains))}
     active = list(range(len(chains)))
@@ -149,9 +149,9 @@ def selftrain(store_location: str, out: str, config, settings: list[dict], seeds
                 break
     finally:
         if ray_started:
-            from mer_ray.distributed import ray_train
+            from mer_ray.distributed.cluster import connect, disconnect
 
-            ray_train.disconnect()
+            disconnect()
     _write_summary(out, history, rounds)
     log(final_lines(out, history))
     return history
@@ -173,21 +173,22 @@ def _train_round(store, store_location, out, configs: dict, settings, seeds, tra
                             training.device, log=log, log_every=training.log_every,
                             tensorboard=training.tensorboard, bar=training.bar)
         return
-    from mer_ray.distributed import ray_train
+    from mer_ray.distributed.train import train_alone
+    from mer_ray.distributed.tune import tune_grid
 
     if len(configs) == 1:
-        ray_train.train_alone(store_location, next(iter(configs.values())), seeds, out,
-                              training.workers, training.gpus_per_worker, training.pack_size,
-                              log=log, log_every=training.log_every,
-                              tensorboard=training.tensorboard, wait_s=training.wait_s)
+        train_alone(store_location, next(iter(configs.values())), seeds, out,
+                    training.workers, training.gpus_per_worker, training.pack_size,
+                    log=log, log_every=training.log_every,
+                    tensorboard=training.tensorboard, wait_s=training.wait_s)
         return
     base = next(iter(configs.values()))
     changes = [{k: v for k, v in c.to_dict().items() if v != getattr(base, k)}
                for c in configs.values()]
-    ray_train.tune_grid(store_location, base, changes, seeds, out, training.workers,
-                        training.gpus_per_worker, training.pack_size, log=log,
-                        log_every=training.log_every, tensorboard=training.tensorboard,
-                        verbose=training.tune_verbose, wait_s=training.wait_s)
+    tune_grid(store_location, base, changes, seeds, out, training.workers,
+              training.gpus_per_worker, training.pack_size, log=log,
+              log_every=training.log_every, tensorboard=training.tensorboard,
+              verbose=training.tune_verbose, wait_s=training.wait_s)
 
 
 def round_table(records: list[RoundRecord]) -> str:
