@@ -66,7 +66,7 @@ def main() -> int:
         return 0
 
     from cpu_paths import describe_cpu, intel_mkl_shim, mkl_banner
-    from mer_ray.data.synth import synthesize_store
+    from mer_ray.data.synth_files import synthesize_store
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

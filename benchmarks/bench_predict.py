@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def build_run(tmp: Path) -> Path:
     from mer_ray.data.store import read_store
-    from mer_ray.data.synth import synthesize_store
+    from mer_ray.data.synth_files import synthesize_store
     from mer_ray.train.presets import get_preset
     from mer_ray.runs.run import record_run, train_grid_here
 

@@ -188,7 +188,7 @@ def label_at_scale(args) -> dict:
 
 def label_child(n_pool: int, workdir: Path) -> dict:
     from mer_ray.data.store import read_store
-    from mer_ray.data.synth import synthesize_store
+    from mer_ray.data.synth_files import synthesize_store
     from mer_ray.train.presets import get_preset
     from mer_ray.selftrain.pseudo import teacher_votes
     from mer_ray.runs.run import read_config_members, train_grid_here
@@ -241,7 +241,7 @@ def main() -> int:
 
     import mer_ray  # noqa: F401  (MKL's mode, before torch)
     from mer_ray.data.store import read_store
-    from mer_ray.data.synth import read_truth, synthesize_store
+    from mer_ray.data.synth_files import read_truth, synthesize_store
     from mer_ray.train.presets import get_preset
 
     def log(msg):

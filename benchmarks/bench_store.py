@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 from mer_ray.bench import compare_store_read
-from mer_ray.data.synth import synthesize, synthesize_store
+from mer_ray.data.synth_files import synthesize, synthesize_store
 
 
 def main():

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mer_ray.cli import main as cli
+from mer_ray.cli.main import main as cli
 
 CONTRASTIVE = {"contrastive_weight": 0.1}
 
@@ -69,7 +69,7 @@ def main():
     t0 = time.perf_counter()
     store = out / "store"
     if not store.exists():
-        from mer_ray.data.synth import synthesize_store
+        from mer_ray.data.synth_files import synthesize_store
 
         synthesize_store(store, seed=0, scale=args.scale)
     common = ["--store", store, "--no-ray", "--pack-size", args.pack_size,

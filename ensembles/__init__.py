@@ -9,7 +9,7 @@ Modules, one job each:
 - `score`       `mer-ray ensemble score`: evaluation and its output files
 - `robustness`  masked-modality scores and feature shift
 - `report`      `mer-ray report`: PNGs + one HTML page (matplotlib, optional)
-- `cli`         `register(subparsers)` adds the commands to `mer-ray`
+- `cli`         `add_ensemble_parser` / `add_report_parser` add the commands to `mer-ray`
 
 The names below load on first use, so `import ensembles` (and `mer-ray --help`) stays
 light: neither torch nor Ray, and scikit-learn only when something is scored.

@@ -1,17 +1,17 @@
 """The `ensemble` and `report` commands of `mer-ray`.
 
-`register(subparsers)` adds them to the `mer-ray` argparse subparsers object; each
-handler is `func(args)` (set with set_defaults), like mer_ray/cli.py's. Only argparse
-is imported here, and the work is imported inside the handlers, so building the
-parser (and `mer-ray --help`) stays fast and loads neither torch nor Ray. Bad input
-raises mer_ray.errors.InputError, which `mer-ray` prints as one line with exit 2.
+`add_ensemble_parser(subparsers)` and `add_report_parser(subparsers)` add them to the
+`mer-ray` argparse subparsers object; each handler is `func(args)` (set with
+set_defaults), like those of mer_ray/cli/. Only argparse
+and the strategies' registry are imported here, and the work is imported inside the
+handlers, so building the parser (and `mer-ray --help`) stays fast and loads neither
+torch nor Ray. Bad input raises mer_ray.errors.InputError, which `mer-ray` prints as one
+line with exit 2.
 """
 
 from __future__ import annotations
 
-import sys
-
-STRATEGY_CHOICES = ("mean", "prob", "weighted", "greedy")
+from ensembles.strategies import STRATEGIES
 
 
 def cmd_score(args):
@@ -34,14 +34,18 @@ def cmd_report(args):
     print(f"\nwrote report.html and its figures to {out}")
 
 
-def _common(p):
-    p.add_argument("--strategy", choices=STRATEGY_CHOICES, default="mean",
-                   help="how groups are combined: mean of logits (default), prob (mean of "
-                   "probabilities), weighted (weights fitted on out-of-fold), greedy (Caruana "
-                   "forward selection on out-of-fold)")
+def add_selection_args(p, what: str = "how groups are combined") -> None:
+    """--strategy (from the registry) and --where: which members, mixed how."""
+    p.add_argument("--strategy", choices=tuple(STRATEGIES), default="mean",
+                   help=f"{what}: " + ", ".join(f"{name} ({text})" for name, text
+                                                in STRATEGIES.items()) + "; default mean")
     p.add_argument("--where", default=None, metavar="EXPR",
                    help="keep only members matching EXPR over config fields, seed and fold, "
                    "e.g. \"warmup in (30,40) and seed != 2\"")
+
+
+def _common(p):
+    add_selection_args(p)
     p.add_argument("--prior-shift", choices=("none", "em"), default="none",
                    help="em: move the ensemble's test predictions to each split's class "
                    "prior as estimated by EM from its probabilities (Saerens et al. 2002) "
@@ -53,8 +57,8 @@ def _common(p):
                    "split with --prior-shift em)")
 
 
-def register(subparsers) -> None:
-    """Add `ensemble score` and `report` to the `mer-ray` subparsers object."""
+def add_ensemble_parser(subparsers) -> None:
+    """`mer-ray ensemble score`."""
     e = subparsers.add_parser("ensemble", help="combine and score trained members",
                               description="Combine the members of one or more runs.")
     esub = e.add_subparsers(dest="ensemble_command", required=True)
@@ -71,6 +75,9 @@ def register(subparsers) -> None:
                    help="output folder (default RUN/ensemble; required with several runs)")
     s.set_defaults(func=cmd_score)
 
+
+def add_report_parser(subparsers) -> None:
+    """`mer-ray report`."""
     r = subparsers.add_parser(
         "report", help="figures and an HTML report of a run",
         description="Confusion matrices, per-class F1, F1 against warmup, ensemble size "
@@ -83,23 +90,3 @@ def register(subparsers) -> None:
     _common(r)
     r.set_defaults(func=cmd_report)
 
-
-def main(argv=None) -> int:
-    """Stand-alone entry (`python -m ensembles.cli`), for use before mer-ray wires it in."""
-    import argparse
-
-    from mer_ray.errors import InputError
-
-    p = argparse.ArgumentParser(prog="mer-ray")
-    register(p.add_subparsers(dest="command", required=True))
-    args = p.parse_args(argv)
-    try:
-        args.func(args)
-    except InputError as e:
-        print(f"mer-ray: error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

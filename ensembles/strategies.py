@@ -32,9 +32,15 @@ import numpy as np
 from mer_ray.errors import InputError
 from mer_ray.train.result import SplitPredictions
 
-from ensembles.groups import Group, rows_in
+from ensembles.groups import Group, group_members, make_groups, rows_in
 
-STRATEGIES = ("mean", "prob", "weighted", "greedy")
+# The strategies, each with what it does (the --strategy help of every command).
+STRATEGIES = {
+    "mean": "mean of logits",
+    "prob": "mean of probabilities",
+    "weighted": "weights fitted on out-of-fold",
+    "greedy": "Caruana forward selection on out-of-fold",
+}
 WEIGHTED_STEPS = 300
 GREEDY_ROUNDS = 50
 
@@ -214,6 +220,34 @@ def fit_greedy(oof: list[SplitPredictions], rounds: int = GREEDY_ROUNDS) -> np.n
         sum_l += logits[best]
         sum_v += valence[best]
     return counts / counts.sum()
+
+
+def group_weights(members, strategy: str = "mean") -> dict[str, float]:
+    """group label -> weight, as `combine` would give the groups of these members:
+    fitted on their stored out-of-fold predictions (weighted, greedy) or uniform, which
+    needs no prediction read."""
+    if strategy not in STRATEGIES:
+        raise InputError(f"--strategy {strategy!r}: choose one of {', '.join(STRATEGIES)}")
+    if strategy in ("weighted", "greedy"):
+        groups = make_groups(members)
+        return {g.label: float(w) for g, w in zip(groups, combine(groups, strategy).weights)}
+    labels = [label for label, _ in group_members(members)]
+    return {label: 1.0 / len(labels) for label in labels}
+
+
+def mix_groups(groups: list[tuple[float, list[tuple]]], strategy: str = "mean"):
+    """New samples through an ensemble: `groups` is (weight, [(logits [n, C], valence [n]
+    or None) of each fold member]) per group. Each group's fold members averaged (the
+    MERTools protocol), then the groups mixed as `strategy` mixes them. Returns (logits
+    [n, C], valence [n] or None)."""
+    weights, logits, valences = [], [], []
+    for weight, outputs in groups:
+        weights.append(weight)
+        logits.append(np.mean([lg for lg, _ in outputs], axis=0))
+        has_valence = outputs[0][1] is not None
+        valences.append(np.mean([v for _, v in outputs], axis=0) if has_valence else None)
+    kind = "prob" if strategy == "prob" else "logits"
+    return _mix_logits(logits, weights, kind), _mix_valence(valences, weights)
 
 
 def combine(groups: list[Group], strategy: str = "mean") -> Ensemble:

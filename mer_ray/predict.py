@@ -36,7 +36,6 @@ from mer_ray.storage import exists
 
 PREDICT_SPLIT = "predict"
 PACK_SIZE = 25
-CHUNK = 2048
 
 
 @dataclass
@@ -102,21 +101,11 @@ class Predictor:
     def from_members(cls, members, strategy: str = "mean", device: str = "cpu",
                      run: str = "") -> "Predictor":
         """Members already read (MemberResults with their weights beside them)."""
-        from ensembles.groups import group_members, make_groups
-        from ensembles.strategies import STRATEGIES, combine
+        from ensembles.strategies import group_weights
         from mer_ray.model.shape import ModelShape
-        from mer_ray.model.weights import from_state_dict
-        from mer_ray.model.weights import read_weights
+        from mer_ray.model.weights import from_state_dict, read_weights
 
-        if strategy not in STRATEGIES:
-            raise InputError(f"--strategy {strategy!r}: choose one of {', '.join(STRATEGIES)}")
-        if strategy in ("weighted", "greedy"):  # fitted on the stored oof predictions
-            groups = make_groups(members)
-            fitted = combine(groups, strategy).weights
-            weights = {g.label: float(w) for g, w in zip(groups, fitted)}
-        else:  # uniform: no prediction needs reading to know them
-            labels = [label for label, _ in group_members(members)]
-            weights = {label: 1.0 / len(labels) for label in labels}
+        weights = group_weights(members, strategy)
         loaded = []
         for m in members:
             state, _ = read_weights(weights_path(m.path), m.weights_sha256)
@@ -163,7 +152,7 @@ class Predictor:
         name found, sorted."""
         from tqdm import tqdm
 
-        from mer_ray.data.mertools import _load_vector
+        from mer_ray.data.features import load_vector
 
         t0 = time.perf_counter()
         root = Path(folder)
@@ -194,7 +183,7 @@ class Predictor:
                 x = np.zeros((len(names), dim), np.float32)
                 for i, n in enumerate(names):
                     if present[(mod, feat)][i]:
-                        v = _load_vector(root / feat / f"{n}.npy", n, feat)
+                        v = load_vector(root / feat / f"{n}.npy", n, feat)
                         if v.size != dim:
                             raise InputError(f"{root / feat / (n + '.npy')}: {n} in {feat} has "
                                              f"{v.size} values, but the run's members were "
@@ -272,30 +261,21 @@ class Predictor:
     # ------------------------------------------------------------ the models
     def _predict(self, names, arrays, present, progress) -> Prediction:
         from ensembles.groups import group_members
-        from ensembles.strategies import _mix_logits, _mix_valence, softmax
+        from ensembles.strategies import mix_groups, softmax
 
         t0 = time.perf_counter()
         member_out = self.member_outputs(arrays, present, progress)
         seconds_model = time.perf_counter() - t0
-        # the ensemble: fold members of each group averaged, then the groups weighted
-        group_logits, group_valence, weights = [], [], []
-        for label, members in group_members(self.members):
-            outs = [member_out[m.member_id] for m in members]
-            group_logits.append(np.mean([logits for logits, _ in outs], axis=0))
-            if outs[0][1] is not None:
-                group_valence.append(np.mean([valence for _, valence in outs], axis=0))
-            weights.append(self.group_weights[label])
-        kind = "prob" if self.strategy == "prob" else "logits"
-        combined = SplitPredictions(
-            names=np.asarray(names), logits=_mix_logits(group_logits, weights, kind),
-            valence=_mix_valence(group_valence, weights) if group_valence else None,
-            label=np.full(len(names), -1), valence_label=np.full(len(names), np.nan))
+        # the ensemble: fold members of each group averaged, then the groups mixed
+        logits, valence = mix_groups(
+            [(self.group_weights[label], [member_out[m.member_id] for m in members])
+             for label, members in group_members(self.members)], self.strategy)
         zeroed = {f"{mod} ({feat})": int((~p).sum()) for (mod, feat), p in present.items()
                   if (~p).any()}
-        probs = softmax(combined.logits)
+        probs = softmax(logits)
         return Prediction(
-            names=np.asarray(names), probabilities=probs, logits=combined.logits,
-            labels=[self.classes[i] for i in probs.argmax(1)], valence=combined.valence,
+            names=np.asarray(names), probabilities=probs, logits=logits,
+            labels=[self.classes[i] for i in probs.argmax(1)], valence=valence,
             classes=self.classes,
             member_logits={k: v[0] for k, v in member_out.items()},
             member_valence={k: v[1] for k, v in member_out.items() if v[1] is not None},
@@ -326,35 +306,23 @@ class Predictor:
                 for i in range(0, len(group), PACK_SIZE)]
 
     def _run_pack(self, pack: list[_Loaded], arrays, present):
+        """Every member of `pack` on every sample, evaluated exactly as training evaluated
+        it (mer_ray.train.evaluate.predict_pack): the stored logits, bit for bit."""
         import torch
 
-        from mer_ray.model import pack as M
+        from mer_ray.train.evaluate import predict_pack
 
         device = torch.device(self.device)
-        k = len(pack)
         shape = pack[0].shape
         feats = pack[0].member.store["features"]
         params = {name: torch.stack([item.weights[name] for item in pack]).to(device)
                   for name in pack[0].weights}
         keys = [(mod, feats[mod]["feature"]) for mod in shape.modalities]
+        x = {mod: torch.from_numpy(arrays[key]).to(device)
+             for mod, key in zip(shape.modalities, keys)}
         keep = np.stack([present[key] for key in keys], axis=1).astype(np.float32)  # [n, M]
-        n = len(keep)
-        logits = np.zeros((k, n, shape.n_classes), np.float32)
-        valence = np.zeros((k, n), np.float32) if shape.valence else None
-        with torch.no_grad():
-            for start in range(0, n, CHUNK):
-                end = min(n, start + CHUNK)
-                xs = {mod: torch.from_numpy(arrays[key][start:end]).to(device).unsqueeze(0)
-                      for mod, key in zip(shape.modalities, keys)}
-                mask = torch.from_numpy(keep[start:end]).to(device).unsqueeze(0)
-                mask = mask if (keep[start:end] < 1).any() else None
-                for i in range(k):  # one member at a time, as training evaluates (the
-                    # pack's batched matmuls round differently): the stored logits exactly
-                    out = M.forward({name: w[i : i + 1] for name, w in params.items()}, xs, mask)
-                    logits[i, start:end] = out.logits[0].float().cpu().numpy()
-                    if valence is not None:
-                        valence[i, start:end] = out.valence[0].float().cpu().numpy()
-        return [(logits[i], None if valence is None else valence[i]) for i in range(k)]
+        rows = np.arange(len(keep))
+        return predict_pack(params, x, [rows] * len(pack), keep if (keep < 1).any() else None)
 
 
 # ---------------------------------------------------------------- outputs

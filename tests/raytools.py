@@ -1,6 +1,6 @@
 """Shared set-up for the Ray tests: a tiny store and a fast recipe."""
 
-from mer_ray.data.synth import synthesize_store
+from mer_ray.data.synth_files import synthesize_store
 from mer_ray.train.presets import get_preset
 
 FAST = ["epochs=2", "hidden_dim=16", "warmup=1", "early_stop_patience=none"]

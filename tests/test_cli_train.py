@@ -1,6 +1,6 @@
 """`mer-ray tune` / `train --no-ray`: the in-process path end to end, tables and resume."""
 
-from mer_ray.cli import main
+from mer_ray.cli.main import main
 from mer_ray.runs.members import existing_member_ids
 from raytools import set_args, tiny_store
 

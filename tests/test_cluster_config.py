@@ -218,7 +218,7 @@ def test_runtime_env_excludes_keep_data_out_and_code_in(runtime_env, tmp_path):
     from ray._private.runtime_env.packaging import create_package
 
     tree = tmp_path / "repo"
-    keep = ["mer_ray/cli.py", "mer_ray/data/store.py", "mer_ray/data/synth.py",
+    keep = ["mer_ray/cli/main.py", "mer_ray/data/store.py", "mer_ray/data/synth.py",
             "ensembles/load.py", "pyproject.toml", "README.md", "cluster/runtime_env.yaml"]
     drop = [".venv/lib/site.py", ".git/HEAD", "data/features/a.npy", "data/labels.csv",
             "runs/r1/members/m.parquet", "demo-run/store/part-0.parquet", "build/lib/x.py",

@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mer_ray.cli import main
+from mer_ray.cli.main import main
 from mer_ray.data.constants import MER2023_FEATURES
 from mer_ray.data.store import read_store
-from mer_ray.data.synth import CANDIDATES_CSV, TRAIN_CSV, generate, synthesize, synthesize_store
+from mer_ray.data.synth import generate
+from mer_ray.data.synth_files import CANDIDATES_CSV, TRAIN_CSV, synthesize, synthesize_store
 from mer_ray.runs.members import list_member_files, read_member
 from mer_ray.train.result import member_id
 from mer_ray.train.presets import get_preset

@@ -4,7 +4,6 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-import ensembles.cli
 from mer_ray.data.constants import MER2023, MER_CLASSES as CLASSES, MODALITIES
 from mer_ray.errors import InputError
 from mer_ray.runs.members import write_member
@@ -82,12 +81,9 @@ def run(tmp_path_factory):
 
 
 def cli(argv, capsys):
-    """`mer-ray ...` through mer_ray.cli.main once the lead has wired `register` in,
-    otherwise through ensembles.cli.main, which handles InputError the same way."""
-    from mer_ray import cli as mcli
+    """`mer-ray ...` in this process."""
+    from mer_ray.cli.main import main
 
-    sub = next(a for a in mcli.build_parser()._actions if a.dest == "command")
-    main = mcli.main if "ensemble" in sub.choices else ensembles.cli.main
     rc = main([str(a) for a in argv])
     captured = capsys.readouterr()
     return rc, captured.out, captured.err

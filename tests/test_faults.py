@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mer_ray.cli import main
+from mer_ray.cli.main import main
 from mer_ray.runs.members import existing_member_ids, list_member_files, read_member
 from raytools import set_args, tiny_store
 
@@ -52,7 +52,7 @@ SLOW_SAVE = textwrap.dedent("""
             time.sleep(600)
         return real(location, data)
     members.write_bytes = slow
-    from mer_ray.cli import main
+    from mer_ray.cli.main import main
     sys.exit(main(sys.argv[1:]))
 """)
 

@@ -300,7 +300,6 @@ def test_out_checked_before_reading(tmp_path):
         run(tmp_path / "nope", tmp_path / "nope.csv", out)
 
 
-@pytest.mark.skipif(not (ROOT / "mer_ray" / "cli.py").exists(), reason="mer_ray/cli.py not written yet")
 def test_cli_bad_input_exit_2(tree):
     feats, labels, out = tree
     _bad_emotion(feats, labels)

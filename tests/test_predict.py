@@ -11,10 +11,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from mer_ray.cli import main
+from mer_ray.cli.main import main
 from mer_ray.data.constants import MER2023_FEATURES
 from mer_ray.data.store import read_store
-from mer_ray.data.synth import synthesize
+from mer_ray.data.synth_files import synthesize
 from mer_ray.runs.members import list_member_files, read_member
 from raytools import set_args
 

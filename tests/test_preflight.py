@@ -12,9 +12,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from mer_ray.cli import main
+from mer_ray.cli.main import main
 from mer_ray.data.store import content_hash, read_store, write_store
-from mer_ray.data.synth import synthesize_store
+from mer_ray.data.synth_files import synthesize_store
 from mer_ray.errors import InputError
 from mer_ray.runs.members import existing_member_ids
 from raytools import set_args

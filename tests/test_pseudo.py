@@ -8,15 +8,17 @@ import numpy as np
 import pytest
 import torch
 
-from mer_ray.cli import main
+from mer_ray.cli.main import main
 from mer_ray.data.store import read_store
-from mer_ray.data.synth import generate, planned_counts, synthesize, synthesize_store
+from mer_ray.data.synth import generate, planned_counts
+from mer_ray.data.synth_files import synthesize, synthesize_store
 from mer_ray.data.dataset import MODALITIES
 from mer_ray.errors import InputError
 from mer_ray.train.presets import TrainConfig
 from mer_ray.runs.pseudo_labels import FoldLabels, PseudoLabels
 from mer_ray.selftrain.pseudo import FoldVotes, capped_counts, select
-from mer_ray.train.trainer import class_weights, train_pack
+from mer_ray.train.trainer import train_pack
+from mer_ray.train.train_data import class_weights
 
 
 # ---------------------------------------------------------------- synthetic data

@@ -20,7 +20,7 @@ import pytest
 import ray
 import yaml
 
-from mer_ray.cli import main
+from mer_ray.cli.main import main
 from mer_ray.runs.members import existing_member_ids
 from raytools import set_args, tiny_store, wait_until
 from servers import BIN, RayNode, api, moto_s3

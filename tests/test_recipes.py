@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from mer_ray.cli import main
-from mer_ray.data.synth import synthesize_store
+from mer_ray.cli.main import main
+from mer_ray.data.synth_files import synthesize_store
 from mer_ray.runs.members import existing_member_ids, list_member_files, read_member
 from mer_ray.train.recipes import read_recipe
 from raytools import set_args, tiny_store

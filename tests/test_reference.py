@@ -29,7 +29,7 @@ import mer_ray.train.trainer as T
 from mer_ray.model import pack as M
 from mer_ray.model.shape import ModelShape
 from mer_ray.data.store import read_store
-from mer_ray.data.synth import synthesize_store
+from mer_ray.data.synth_files import synthesize_store
 from mer_ray.train.masks import PackRandom, member_key
 from mer_ray.train.metrics import score as real_score
 from mer_ray.train.presets import TrainConfig

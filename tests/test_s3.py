@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from mer_ray.cli import main
-from mer_ray.data.synth import synthesize
+from mer_ray.cli.main import main
+from mer_ray.data.synth_files import synthesize
 from raytools import set_args
 from servers import moto_s3
 

@@ -4,7 +4,7 @@ on out-of-fold scores only."""
 import numpy as np
 import pytest
 
-from mer_ray.cli import main
+from mer_ray.cli.main import main
 from mer_ray.data.store import read_store
 from mer_ray.train.result import member_id
 from mer_ray.train.presets import TrainConfig, get_preset
@@ -86,7 +86,7 @@ def test_robustness_suggestion_comes_from_features_alone(tmp_path):
     """The synthetic test2 degrades audio and video hard and text mildly (like MER-NOISE):
     the suggestion, made without any test label, drops text least."""
     from ensembles import robustness
-    from mer_ray.data.synth import synthesize_store
+    from mer_ray.data.synth_files import synthesize_store
 
     st = read_store(synthesize_store(tmp_path / "st", seed=0, scale=0.1))
     st.emotion[st.split != "train"] = 0  # labels of the test splits play no part

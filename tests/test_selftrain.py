@@ -14,9 +14,9 @@ import shutil
 import numpy as np
 import pytest
 
-from mer_ray.cli import main
+from mer_ray.cli.main import main
 from mer_ray.data.store import read_store
-from mer_ray.data.synth import read_truth, synthesize, synthesize_store
+from mer_ray.data.synth_files import read_truth, synthesize, synthesize_store
 from mer_ray.runs.members import list_member_files, read_member, weights_path
 from mer_ray.train.result import member_id
 from mer_ray.train.presets import get_preset

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import ray
 
-from mer_ray.cli import main
-from mer_ray.data.synth import synthesize_store
+from mer_ray.cli.main import main
+from mer_ray.data.synth_files import synthesize_store
 from mer_ray.runs.members import list_member_files, read_member
 
 RECIPE = ["--set", "epochs=3", "--set", "hidden_dim=16", "--set", "warmup=1",

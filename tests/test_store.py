@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from mer_ray.data.constants import MER_CLASSES as CLASSES, MODALITIES
-from mer_ray.data.store import read_store, summary_table, write_store
+from mer_ray.data.manifest import summary_table
+from mer_ray.data.store import read_store, write_store
 from mer_ray.errors import InputError
 
 DIMS = {"audio": 8, "text": 16, "video": 4}

@@ -7,7 +7,8 @@ from sklearn.preprocessing import StandardScaler
 from mer_ray.data.constants import MER2023, MER2023_COUNTS, MER2023_FEATURES, MODALITIES
 
 SPLITS = [s.name for s in MER2023.splits]
-from mer_ray.data.synth import generate, split_counts, synthesize
+from mer_ray.data.synth import generate, split_counts
+from mer_ray.data.synth_files import synthesize
 
 
 @pytest.fixture(scope="module")

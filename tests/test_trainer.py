@@ -7,7 +7,7 @@ from mer_ray.model import pack as M
 from mer_ray.model.shape import ModelShape
 from mer_ray.data.constants import MER2023, MODALITIES
 from mer_ray.data.store import read_store
-from mer_ray.data.synth import synthesize_store
+from mer_ray.data.synth_files import synthesize_store
 from mer_ray.train.result import MASKS, mask_key, member_id
 from mer_ray.train.pack_adam import PackAdam, clip_per_member
 from mer_ray.train.presets import RobustV3, TrainConfig

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from mer_ray.cli import main
+from mer_ray.cli.main import main
 from mer_ray.runs.members import existing_member_ids, list_member_files, read_member
 from raytools import assert_curves, capture_torch_trainer, set_args, tiny_store
 
@@ -35,7 +35,7 @@ HOLD = textwrap.dedent("""
                 time.sleep(600)
         return real(*args, on_epoch=hold, **kwargs)
     T.train_pack = train_pack
-    from mer_ray.cli import main
+    from mer_ray.cli.main import main
     sys.exit(main(sys.argv[1:]))
 """)
 
@@ -210,8 +210,8 @@ def test_status_tells_waiting_starting_stopped_and_done_from_the_driver(tmp_path
     names the reason and what the same command trains; the run's total is shown."""
     import json
 
-    from mer_ray.cli import main
-    from mer_ray.runs.progress import DriverState, read_driver_states
+    from mer_ray.cli.main import main
+    from mer_ray.runs.driver import DriverState, read_driver_states
     from mer_ray.runs.run import record_run, setting_label
     from raytools import fast_config
 

@@ -19,8 +19,9 @@ Rows (`benchmarks/README.md` says what each measures):
 Around them: profiles.py (how big each measurement is), rows.py (a figure, its target,
 timing helpers), runs.py (timed train_pack runs and the state figures share), report.py
 (the run, the table, the JSON). Adding a figure is one file and one line in
-report.MEASUREMENTS. torch, Ray and numpy are imported inside functions only, so
-`mer-ray --help` stays fast.
+report.MEASUREMENTS. benchmarks/gpu.py is the same framework with GPU figures of its own
+(report.run_gpu_bench, profiles.GPU_PROFILES). torch, Ray and numpy are imported inside
+functions only, so `mer-ray --help` stays fast.
 """
 
 from __future__ import annotations

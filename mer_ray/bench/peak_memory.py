@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from mer_ray.bench.rows import Row, progress
-from mer_ray.bench.runs import fold_specs, timed_train
+from mer_ray.bench.runs import fold_specs, pythonpath_with_tree, timed_train
 
 
 def rss_bytes() -> tuple[int | None, int | None]:
@@ -33,23 +33,18 @@ def peak_worker(arg: str) -> None:
     pack, note the peak; one JSON line on stdout."""
     import resource
 
-    import torch
-
     from mer_ray.data.store import read_store
     from mer_ray.train.presets import TrainConfig
 
     a = json.loads(arg)
     store = read_store(a["store"])
     base, _ = rss_bytes()
-    cuda = a["device"].startswith("cuda")
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
     run = timed_train(store, TrainConfig(**a["config"]), fold_specs(a["members"]), a["device"])
     _, peak = rss_bytes()
     out = {"baseline_rss": base, "peak_rss": peak, "wall_s": run.wall_s,
            # Linux: KiB, and inherited from the parent (see rss_bytes); kept for reference
            "ru_maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-           "cuda_peak": torch.cuda.max_memory_allocated() if cuda else None}
+           "cuda_peak": run.gpu_peak_bytes}
     print(json.dumps(out), flush=True)
 
 
@@ -60,10 +55,7 @@ def measure_peak_memory(bench) -> list[Row]:
     arg = json.dumps({"store": str(bench.store_path(p.train_scale)), "members": k,
                       "device": bench.device, "config": bench.config(p.peak_epochs).to_dict()})
     progress(f"subprocess: {k}-member pack, {p.peak_epochs} epoch(s), for its peak RSS")
-    env = dict(os.environ)
-    # the worker imports this package from the same tree even when it is not installed
-    root = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    env = {**os.environ, "PYTHONPATH": pythonpath_with_tree()}
     code = ("import sys; from mer_ray.bench.peak_memory import peak_worker; "
             "peak_worker(sys.argv[1])")
     proc = subprocess.run([sys.executable, "-c", code, arg], capture_output=True, text=True,

@@ -1,6 +1,6 @@
-"""How big each measurement of `mer-ray bench` is: the profiles (`--quick`, `--full`, and
-`micro` for tests). Printed with the results, so a figure is never read without the
-epochs and scale it was taken at."""
+"""How big each measurement is: the profiles of `mer-ray bench` (`--quick`, `--full`, and
+`micro` for tests) and of benchmarks/gpu.py (full, and `--tiny`). Printed with the
+results, so a figure is never read without the epochs and scale it was taken at."""
 
 from __future__ import annotations
 
@@ -49,4 +49,37 @@ PROFILES = {
                      peak_epochs=1, gemm_min_s=0.0002, gemm_rounds=1, grid_seeds=1,
                      grid_run_epochs=None, ray_scale=0.05, ray_epochs=2, hidden_dim=8,
                      reference_sizes=(1, 3), reference_members=1),
+}
+
+
+@dataclass(frozen=True)
+class GpuProfile:
+    """How big benchmarks/gpu.py's figures are."""
+
+    name: str
+    train_scale: float  # of synthetic MER2023
+    seeds: int  # grid seeds: members per pack = 5 x seeds
+    warmups: tuple[int, ...]  # the grid's settings
+    grid_changes: dict  # to robust_v3 for the grid (none: the recipe)
+    timing_epochs: int  # per run of the pack / reference / precision figures
+    memory_seeds: int  # the big pack of the memory figure: 5 x this
+    pytest_files: tuple[str, ...]  # pytest --device runs those of them present
+    budget_s: float  # figures not started by then are skipped
+    hidden_dim: int | None = None  # None: the preset's (tiny shrinks the model)
+
+
+# the CUDA tests and the files whose tests take the `device` fixture
+GPU_PYTEST_FILES = ("tests/test_cuda.py", "tests/test_trainer.py", "tests/test_reference.py")
+
+GPU_PROFILES = {
+    # What the targets are judged at. A figure not started within 450 s is skipped, so a
+    # run on a lent GPU (10 minutes a call) ends, and reports, inside its time limit.
+    "full": GpuProfile("full", train_scale=1.0, seeds=5, warmups=(30, 40, 50), grid_changes={},
+                       timing_epochs=4, memory_seeds=15, pytest_files=GPU_PYTEST_FILES,
+                       budget_s=450),
+    # Seconds on a CPU, to check that the script runs; the figures mean nothing.
+    "tiny": GpuProfile("tiny", train_scale=0.05, seeds=1, warmups=(0, 1, 2),
+                       grid_changes={"epochs": 3, "early_stop_patience": None},
+                       timing_epochs=3, memory_seeds=2, pytest_files=("tests/test_cuda.py",),
+                       budget_s=float("inf"), hidden_dim=16),
 }

@@ -35,7 +35,8 @@ def measure_ray_overhead(bench) -> list[Row]:
     """Ray overhead: the demo grid through Ray and in-process"""
     import numpy as np
 
-    from mer_ray.distributed import ray_train
+    from mer_ray.distributed.cluster import connect, disconnect
+    from mer_ray.distributed.tune import tune_grid
     from mer_ray.runs.members import list_member_files, read_member
     from mer_ray.runs.run import train_grid_here
 
@@ -56,13 +57,13 @@ def measure_ray_overhead(bench) -> list[Row]:
         # Tune's experiment box and the raylet's warnings print to stdout, which holds the
         # table: send them to stderr with the rest of the progress output.
         with contextlib.redirect_stdout(sys.stderr):
-            started = ray_train.connect(log=quiet, log_to_driver=False)
+            started = connect(log=quiet, log_to_driver=False)
             try:
-                ray_train.tune_grid(str(path), config, settings, seeds, f"{d}/ray",
-                                    pack_size=pack, log=quiet)
+                tune_grid(str(path), config, settings, seeds, f"{d}/ray",
+                          pack_size=pack, log=quiet)
             finally:
                 if started:
-                    ray_train.disconnect()
+                    disconnect()
         ray_s = time.perf_counter() - t0
         # The invariant behind the comparison: same members, same results.
         a = {m.member_id: m for m in map(read_member, list_member_files(f"{d}/local"))}

@@ -20,10 +20,9 @@ def time_reference(bench, config, specs):
     """Train `specs` with the reference loop one after another; returns (epoch seconds
     after each member's first epoch, the first member's ReferenceResult)."""
     from mer_ray.train.reference import train_member
-    from mer_ray.train.trainer import TrainData
 
     store = bench.store(bench.profile.train_scale)
-    data = TrainData(store, config, bench.device)
+    data = bench.train_data(bench.profile.train_scale)
     # untimed: the first torch.optim.Adam of a process imports torch._dynamo (3 s here)
     progress("warm-up: one untimed 1-epoch reference member")
     train_member(store, config.replace(epochs=1), 0, 0, bench.device, data=data)

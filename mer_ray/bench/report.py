@@ -1,5 +1,7 @@
-"""Running every figure (MEASUREMENTS, in order) and reporting them: the table on
-stdout, the JSON copy, the machine they were taken on."""
+"""Running the figures and reporting them, with the machine they were taken on:
+`mer-ray bench` (MEASUREMENTS in order; a text table on stdout, a JSON copy) and
+benchmarks/gpu.py (its figures within a time budget; gpu-bench.json and a markdown
+table, rewritten after each figure)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import platform
 import sys
 import tempfile
 import time
+import traceback
 from dataclasses import asdict
 from pathlib import Path
 
@@ -21,7 +24,7 @@ from mer_ray.bench.peak_memory import measure_peak_memory
 from mer_ray.bench.profiles import Profile
 from mer_ray.bench.ray_overhead import measure_ray_overhead
 from mer_ray.bench.reference import measure_reference
-from mer_ray.bench.rows import Row, progress, reset_clock
+from mer_ray.bench.rows import MET_MARKS, Row, elapsed, progress, reset_clock
 from mer_ray.bench.runs import Bench
 from mer_ray.bench.store_read import measure_store_read
 
@@ -40,6 +43,8 @@ MEASUREMENTS = [
 
 
 def machine_info(device: str) -> dict:
+    from importlib import metadata
+
     import torch
 
     cpu = platform.processor() or platform.machine()
@@ -50,24 +55,36 @@ def machine_info(device: str) -> dict:
                 break
     except OSError:
         pass
-    return {
+    info = {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "host": platform.node(),
         "cpu": cpu,
         "cores": os.cpu_count(),
         "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "torch": torch.__version__,
+        "cuda_build": torch.version.cuda,
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
         "device": device,
         "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else None,
         "load_avg_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
+    if device.startswith("cuda"):
+        props = torch.cuda.get_device_properties(0)
+        info.update(gpu_memory_gb=props.total_memory / 1e9,
+                    capability=f"{props.major}.{props.minor}")
+    try:  # the installed version, without importing Ray (seconds)
+        info["ray"] = metadata.version("ray")
+    except metadata.PackageNotFoundError:
+        info["ray"] = None
+    return info
 
 
-def fmt(v) -> str:
+def fmt(v, missing: str = "n/a") -> str:
     if v is None:
-        return "n/a"
+        return missing
+    if isinstance(v, str):
+        return v
     if abs(v) >= 1000:
         return f"{v:,.0f}"
     return f"{v:.3g}"
@@ -100,7 +117,7 @@ def format_report(info: dict, profile: Profile, rows: list[Row], total_s: float,
     for r in rows:
         tgt = ""
         if r.target:
-            tgt = f"{r.target} " + {True: "ok", False: "MISS", None: "-"}[r.met]
+            tgt = f"{r.target} " + MET_MARKS[r.met]
         lines.append(f"{r.name:<{w}}  {fmt(r.value):>9}  {r.unit:<11}  {tgt:<12}  {r.note}")
     lines.append("")
     # CPU far below wall time means this process waited for the cores: the figures of
@@ -127,6 +144,29 @@ def report_json(info: dict, profile: Profile, rows: list[Row], total_s: float,
     }
 
 
+def measure(bench, fn, step: str = "") -> tuple[dict, str | None]:
+    """Run one measurement, its Rows into bench.figures (later ones read earlier ones).
+    One that raises becomes a FAILED row, its traceback in bench.details["errors"], so
+    the others still run. Returns (its wall and CPU seconds, the failure or None)."""
+    name = fn.__name__.removeprefix("measure_")
+    title = fn.__doc__.strip().splitlines()[0]
+    progress(f"{step}{title}")
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    failure = None
+    try:
+        for row in fn(bench):
+            bench.figures[row.key] = row
+    except Exception as e:  # noqa: BLE001  (one broken figure must not hide the rest)
+        failure = f"{fn.__name__}: {type(e).__name__}: {e}"
+        progress(f"FAILED {failure}")
+        bench.figures[fn.__name__] = Row(fn.__name__, title, None, "",
+                                         f"FAILED: {type(e).__name__}: {e}")
+        bench.details.setdefault("errors", {})[name] = traceback.format_exc()
+    phase = {"measurement": name, "wall_s": time.perf_counter() - wall0,
+             "cpu_s": time.process_time() - cpu0}
+    return phase, failure
+
+
 def run_bench(profile: Profile, device: str = "cpu", json_path=None, workdir=None,
               out=None, measurements=None) -> dict:
     """Run every measurement (or the given ones), print the table to `out` (stdout),
@@ -137,28 +177,17 @@ def run_bench(profile: Profile, device: str = "cpu", json_path=None, workdir=Non
     import mer_ray.train.trainer  # noqa: F401
 
     out = out or sys.stdout
-    t0 = reset_clock()
+    reset_clock()
     info = machine_info(device)
     failures, phases = [], []
     measurements = MEASUREMENTS if measurements is None else measurements
     with tempfile.TemporaryDirectory(prefix="mer-ray-bench-", dir=workdir) as tmp:
         bench = Bench(profile, device, Path(tmp))
         for i, fn in enumerate(measurements, 1):
-            title = fn.__doc__.strip().splitlines()[0]
-            progress(f"({i}/{len(measurements)}) {title}")
-            wall0, cpu0 = time.perf_counter(), time.process_time()
-            try:
-                for row in fn(bench):
-                    bench.figures[row.key] = row
-            except Exception as e:  # noqa: BLE001  (one broken figure must not hide the rest)
-                failures.append(f"{fn.__name__}: {type(e).__name__}: {e}")
-                progress(f"FAILED {fn.__name__}: {type(e).__name__}: {e}")
-                bench.figures[fn.__name__] = Row(fn.__name__, title, None, "",
-                                                 f"FAILED: {type(e).__name__}: {e}")
-            phases.append({"measurement": fn.__name__.removeprefix("measure_"),
-                           "wall_s": time.perf_counter() - wall0,
-                           "cpu_s": time.process_time() - cpu0})
-    total = time.perf_counter() - t0
+            phase, failure = measure(bench, fn, f"({i}/{len(measurements)}) ")
+            phases.append(phase)
+            failures += [failure] if failure else []
+    total = elapsed()
     info["load_avg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     rows = [r for k, r in bench.figures.items() if not k.startswith("_")]
     print(format_report(info, profile, rows, total, phases), file=out, flush=True)
@@ -167,3 +196,61 @@ def run_bench(profile: Profile, device: str = "cpu", json_path=None, workdir=Non
         Path(json_path).write_text(json.dumps(result, indent=2) + "\n")
         progress(f"wrote {json_path}")
     return result
+
+
+# ---------------------------------------------------------------- benchmarks/gpu.py
+GPU_SCHEMA = "mer-ray gpu-bench 1"
+
+
+def gpu_markdown(bench, info: dict, total_s: float) -> str:
+    """benchmarks/gpu.py's table: a markdown header line on the machine, then one row per
+    figure."""
+    where = info.get("gpu") or f"CPU ({info['cores']} cores)"
+    lines = [f"# mer-ray GPU benchmark ({bench.profile.name}, {info['device']})", "",
+             f"{info['date']}; {where}; torch {info['torch']} (CUDA {info['cuda_build']}); "
+             f"Python {info['python']}; Ray {info['ray'] or 'absent'}; total "
+             f"{total_s:.0f} s.", "",
+             "| figure | value | unit | target | met | note |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r.name} | {fmt(r.value, missing='-')} | {r.unit} | {r.target} | "
+              f"{MET_MARKS[r.met]} | {r.note} |" for r in bench.figures.values()]
+    if bench.profile.name != "full" or not bench.cuda:
+        lines += ["", "Targets are judged at full scale on CUDA only."]
+    return "\n".join(lines) + "\n"
+
+
+def write_gpu_report(out: Path, bench, info: dict, total_s: float, targets: dict) -> str:
+    """DIR/gpu-bench.json and DIR/gpu-bench.md, rewritten after every figure so a run
+    stopped at a time limit still leaves what it measured. Returns the table."""
+    rows = [{"key": r.key, "label": r.name, "value": r.value, "unit": r.unit, "note": r.note,
+             "target": r.target, "met": r.met} for r in bench.figures.values()]
+    report = {"schema": GPU_SCHEMA, "profile": asdict(bench.profile), "machine": info,
+              "total_s": total_s, "targets": targets, "rows": rows, "details": bench.details}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gpu-bench.json").write_text(json.dumps(report, indent=1, default=str))
+    table = gpu_markdown(bench, info, total_s)
+    (out / "gpu-bench.md").write_text(table)
+    return table
+
+
+def run_gpu_bench(profile, device: str, out: Path, measurements, targets: dict) -> None:
+    """benchmarks/gpu.py's run: the measurements in order on one bench (its store and
+    TrainData made first), the report rewritten after each, the table printed last. One
+    not started within the profile's budget_s is a skipped row: a run on a lent GPU must
+    end, and report, inside the call's time limit."""
+    reset_clock()
+    info = machine_info(device)
+    with tempfile.TemporaryDirectory(prefix="gpu-bench-") as tmp:
+        bench = Bench(profile, device, Path(tmp))
+        write_gpu_report(out, bench, info, 0.0, targets)
+        bench.train_data(profile.train_scale)  # the store, and its features on the device
+        info["setup_s"] = elapsed()
+        for fn in measurements:
+            name, spent = fn.__name__.removeprefix("measure_"), elapsed()
+            if spent > profile.budget_s:
+                bench.figures[name] = Row(name, name, None, "", f"skipped: {spent:.0f} s "
+                                          f"spent, over the budget of {profile.budget_s:.0f} s")
+                continue
+            phase, _ = measure(bench, fn)
+            bench.details.setdefault("figure_s", {})[name] = phase["wall_s"]
+            write_gpu_report(out, bench, info, elapsed(), targets)
+    print(write_gpu_report(out, bench, info, elapsed(), targets), flush=True)

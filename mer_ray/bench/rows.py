@@ -15,14 +15,20 @@ class Row:
 
     key: str  # stable JSON key
     name: str  # printed label
-    value: float | None
+    value: float | str | None  # a str for a figure that is a text (a test run's summary)
     unit: str
     note: str = ""
     target: str = ""  # e.g. "<= 1.5"; empty = informational
+    # False: the target is printed but not judged, for a figure taken at a scale or on a
+    # device the target is not meant for (benchmarks/gpu.py --tiny, --cpu)
+    judged: bool = True
 
     @property
     def met(self) -> bool | None:
-        return target_met(self.value, self.target)
+        return target_met(self.value, self.target) if self.judged else None
+
+
+MET_MARKS = {True: "ok", False: "MISS", None: "-"}  # how a table prints Row.met
 
 
 def target_met(value, target: str) -> bool | None:
@@ -50,12 +56,17 @@ def reset_clock() -> float:
     return _clock["t0"]
 
 
+def elapsed() -> float:
+    """Seconds since the clock was last reset (the start of the run)."""
+    return time.perf_counter() - _clock["t0"]
+
+
 def progress(msg: str) -> None:
     """What is being measured now, on stderr (stdout carries only the table). Wall time
     far above CPU time / threads, or a load average above the core count, says other
     load is slowing the figures down."""
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"[bench {time.perf_counter() - _clock['t0']:6.1f}s cpu {time.process_time():6.1f}s "
+    print(f"[bench {elapsed():6.1f}s cpu {time.process_time():6.1f}s "
           f"load {load:4.1f}] {msg}", file=sys.stderr, flush=True)
 
 

@@ -50,7 +50,7 @@ def compare_store_read(npy_root, store_path, repeats: int) -> StoreRead:
 
 def measure_store_read(bench) -> list[Row]:
     """feature store read vs per-sample .npy read"""
-    from mer_ray.data.synth import synthesize
+    from mer_ray.data.synth_files import synthesize
 
     p = bench.profile
     tree = bench.workdir / f"npy-{p.read_scale:g}"

@@ -29,6 +29,7 @@ from mer_ray.errors import InputError
 
 ROLES = ("train", "test", "unlabelled", "pool")
 TRAIN = "train"
+NO_LABEL = -1  # the class index of a sample of an unlabelled or pool split, in memory
 # Modalities the model knows; a dataset has one or more of them.
 MODALITIES = ("audio", "text", "video")
 # A split name also becomes part of file names (submission_<split>.csv).

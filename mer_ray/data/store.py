@@ -23,7 +23,8 @@ the content hash, each column's vector size against the manifest, the labels aga
 the classes and split roles, valence where the dataset says it exists, every value
 finite. Writes are atomic: a local store is built in a temporary sibling folder and
 renamed into place; on object storage the manifest is written last (a store without
-one is not a store).
+one is not a store). The manifest's format and reading are mer_ray.data.manifest's, the
+checks of the rows mer_ray.data.checks'.
 """
 
 from __future__ import annotations
@@ -39,16 +40,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mer_ray.data.dataset import MODALITIES, TRAIN, Dataset
+from mer_ray.data.checks import check_finite, check_rows, count_classes
+from mer_ray.data.constants import MER2023
+from mer_ray.data.dataset import MODALITIES, NO_LABEL, Dataset
+from mer_ray.data.manifest import FORMAT, MANIFEST_FILE, SAMPLES_FILE, read_manifest
 from mer_ray.errors import InputError
-from mer_ray.storage import (check_output_folder, exists, is_uri, join, missing_bucket,
-                             read_bytes, resolve, storage_errors, write_bytes)
-
-FORMAT = "mer-ray-store/2"
-OLD_FORMATS = ("mer-ray-store/1",)
-SAMPLES_FILE = "samples.parquet"
-MANIFEST_FILE = "manifest.json"
-NO_LABEL = -1  # emotion of an unlabelled sample, in memory
+from mer_ray.storage import (check_output_folder, exists, is_uri, join, resolve,
+                             storage_errors, write_bytes)
 
 
 @dataclass
@@ -151,8 +149,6 @@ def write_store(out, names, split, emotion, valence, features: dict, feature_nam
     valence: NaN where unknown; features: {modality: [N, D]} with `feature_names`
     {modality: name}, or {modality: {feature name: [N, D]}} for several per modality;
     dataset: the description (default MER2023 restricted to the splits present)."""
-    from mer_ray.data.constants import MER2023
-
     out = str(out)
     check_output_path(out, overwrite)
     names = np.asarray(names, dtype=str)
@@ -239,140 +235,7 @@ def _write_files(out: str, files: dict, overwrite: bool) -> None:
             raise
 
 
-def count_classes(dataset: Dataset, split, emotion) -> dict:
-    """{labelled split: [count per class]}."""
-    return {s.name: [int(c) for c in np.bincount(emotion[split == s.name],
-                                                   minlength=dataset.n_classes)]
-            for s in dataset.splits if s.labelled and (split == s.name).any()}
-
-
-def check_rows(dataset: Dataset, names, split, emotion, valence, where: str) -> None:
-    """Labels, splits and valence agree with the dataset description (InputError naming
-    the first offending sample)."""
-    if len(names) == 0:
-        raise InputError(f"{where}: no samples")
-    uniq, counts = np.unique(names, return_counts=True)
-    if (counts > 1).any():
-        raise InputError(f"{where}: sample {uniq[counts > 1][0]} appears more than once")
-    known = {s.name for s in dataset.splits}
-    bad = ~np.isin(split, list(known))
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise InputError(f"{where}: sample {names[i]} is in split {split[i]!r}, which the "
-                         f"dataset does not have (splits: {', '.join(sorted(known))})")
-    if not (split == TRAIN).any():
-        raise InputError(f"{where}: no sample in split {TRAIN!r}; it is required")
-    for s in dataset.splits:
-        rows = np.flatnonzero(split == s.name)
-        if len(rows) == 0:
-            raise InputError(f"{where}: split {s.name!r} is described but has no samples")
-        e, v = emotion[rows], valence[rows]
-        if s.labelled:
-            bad = (e < 0) | (e >= dataset.n_classes)
-            if bad.any():
-                i = rows[np.flatnonzero(bad)[0]]
-                raise InputError(f"{where}: sample {names[i]} in {s.name} has emotion index "
-                                 f"{emotion[i]}, expected 0..{dataset.n_classes - 1} "
-                                 f"({', '.join(dataset.classes)})")
-        elif (e != NO_LABEL).any():
-            i = rows[np.flatnonzero(e != NO_LABEL)[0]]
-            raise InputError(f"{where}: sample {names[i]} in unlabelled split {s.name} has a "
-                             "label; unlabelled splits carry none")
-        if s.valence:
-            bad = ~np.isfinite(v)
-            if bad.any():
-                i = rows[np.flatnonzero(bad)[0]]
-                raise InputError(f"{where}: sample {names[i]} in {s.name} has no finite "
-                                 f"valence ({valence[i]}), but the split has valence")
-        elif not np.isnan(v).all():
-            i = rows[np.flatnonzero(~np.isnan(v))[0]]
-            raise InputError(f"{where}: sample {names[i]} in {s.name} has a valence, but the "
-                             "dataset says the split has none")
-
-
-def check_finite(x: np.ndarray, names, what: str) -> None:
-    finite = np.isfinite(x)
-    if not finite.all():
-        rows = np.flatnonzero(~finite.all(axis=1))
-        raise InputError(f"{what}: sample {names[rows[0]]} has "
-                         f"{int((~finite[rows[0]]).sum())} NaN or Inf value(s) "
-                         f"({len(rows)} sample(s) affected); re-extract those features")
-
-
 # ---------------------------------------------------------------- reading
-def _is_store_hint(location: str) -> str:
-    bucket = missing_bucket(location)
-    if bucket:
-        return bucket
-    return (f"{location} is not a feature store (expected {SAMPLES_FILE} and "
-            f"{MANIFEST_FILE}); create one with `mer-ray data import` or `mer-ray data synth`")
-
-
-def read_manifest(location) -> dict:
-    """The manifest (upgraded in memory from the first store format)."""
-    location = str(location)
-    mf = join(location, MANIFEST_FILE)
-    with storage_errors(location, "reading"):
-        if not exists(mf) or not exists(join(location, SAMPLES_FILE)):
-            raise InputError(_is_store_hint(location))
-        raw = read_bytes(mf)
-    try:
-        manifest = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputError(f"{mf} is not valid JSON ({e}); re-create the store") from None
-    if not isinstance(manifest, dict):
-        raise InputError(f"{mf} is not a store manifest; re-create the store")
-    fmt = manifest.get("format")
-    if fmt in OLD_FORMATS:
-        manifest = _upgrade_v1(manifest, mf)
-    elif fmt != FORMAT:
-        raise InputError(f"{mf} has format {fmt!r}, expected {FORMAT!r}")
-    try:
-        Dataset.from_dict(manifest["dataset"], str(mf))
-        for m, feats in manifest["modalities"].items():
-            if m not in MODALITIES:
-                raise InputError(f"{mf}: unknown modality {m!r}; expected some of "
-                                 f"{', '.join(MODALITIES)}")
-            if not feats:
-                raise InputError(f"{mf}: modality {m} lists no feature")
-            for f in feats:
-                if not isinstance(f["dim"], int) or f["dim"] < 1:
-                    raise InputError(f"{mf}: {m} feature {f['feature']} has dim {f['dim']!r}")
-                str(f["feature"]), str(f["column"])
-        if not manifest["modalities"]:
-            raise InputError(f"{mf}: the store lists no modality")
-        str(manifest["content_hash"])
-    except (KeyError, TypeError, AttributeError) as e:
-        raise InputError(f"{mf}: incomplete manifest ({type(e).__name__}: {e}); re-create "
-                         "the store") from None
-    return manifest
-
-
-def _upgrade_v1(manifest: dict, where: str) -> dict:
-    """The first format: MER2023 only, one feature per modality in a column named after
-    the modality, no unlabelled splits."""
-    from mer_ray.data.constants import MER2023
-
-    try:
-        classes = list(manifest["classes"])
-        present = list(manifest["counts"])
-        if classes != list(MER2023.classes):
-            raise InputError(f"{where}: a first-format store with classes {classes}; "
-                             "re-create it with `mer-ray data import`")
-        return {
-            "format": FORMAT, "upgraded_from": manifest["format"],
-            "dataset": MER2023.restricted_to(present).to_dict(),
-            "modalities": {m: [{"feature": i["feature"], "dim": i["dim"], "column": m}]
-                           for m, i in manifest["modalities"].items()},
-            "source": manifest.get("source", ""),
-            "sizes": {s: int(sum(c)) for s, c in manifest["counts"].items()},
-            "counts": manifest["counts"],
-            "content_hash": manifest["content_hash"],
-        }
-    except (KeyError, TypeError) as e:
-        raise InputError(f"{where}: incomplete manifest ({e}); re-create the store") from None
-
-
 def _matrix(table: pa.Table, col: str, dim: int, where: str) -> np.ndarray:
     if col not in table.column_names:
         raise InputError(f"{where}: column {col!r} named by the manifest is missing; "
@@ -444,33 +307,3 @@ def verify_store(store: Store) -> None:
         raise InputError(f"{where}: the data does not match the manifest's content hash (the "
                          "files were changed after the store was written); re-create the "
                          "store with `mer-ray data import`")
-
-
-def summary_table(store_or_manifest) -> str:
-    """The dataset summary: split, role, count and count per class."""
-    manifest = getattr(store_or_manifest, "manifest", store_or_manifest)
-    dataset = Dataset.from_dict(manifest["dataset"])
-    classes = dataset.classes
-    counts, sizes = manifest["counts"], manifest.get("sizes", {})
-    width = max(8, *(len(c) for c in classes))
-    head = (f"{'split':<12}{'role':<11}{'count':>7}"
-            + "".join(f"{c:>{width + 1}}" for c in classes))
-    lines = [f"dataset: {dataset.name}, {dataset.n_classes} classes, "
-             f"{'with' if dataset.has_valence else 'no'} valence", head, "-" * len(head)]
-    for s in dataset.splits:
-        role = s.role + ("" if s.valence or not s.labelled else "*")
-        if s.name in counts:
-            row = counts[s.name]
-            lines.append(f"{s.name:<12}{role:<11}{sum(row):>7}"
-                         + "".join(f"{c:>{width + 1}}" for c in row))
-        else:
-            lines.append(f"{s.name:<12}{role:<11}{sizes.get(s.name, 0):>7}  (no labels)")
-    if any(s.labelled and not s.valence for s in dataset.splits):
-        lines.append("* no valence labels")
-    mods = "; ".join(f"{m} " + ", ".join(f"{f['feature']} ({f['dim']})" for f in feats)
-                     for m, feats in manifest["modalities"].items())
-    lines.append(f"features: {mods}")
-    lines.append(f"source: {manifest['source']}  content hash: {manifest['content_hash'][:16]}")
-    return "\n".join(lines)
-
-

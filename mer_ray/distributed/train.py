@@ -166,7 +166,7 @@ def train_alone(store_path: str, config, seeds, run: str, workers: int | None = 
                 gpus_per_worker: float = 0, pack_size: int = 10, log=print, **kw) -> int:
     """`mer-ray train` through Ray: the plan printed, the driver's state kept for
     `mer-ray status`, then train_with_ray."""
-    from mer_ray.runs.progress import DriverState
+    from mer_ray.runs.driver import DriverState
 
     nodes = cluster_nodes()
     plan = plan_workers(workers, gpus_per_worker, 1, nodes)

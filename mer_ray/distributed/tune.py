@@ -51,7 +51,7 @@ REPORT_EVERY_S = 5.0
 
 
 def _tensorboard_dir(run: str) -> str:
-    from mer_ray.runs.progress import TENSORBOARD_DIR
+    from mer_ray.runs.curves import TENSORBOARD_DIR
     from mer_ray.storage import join
 
     return join(run, TENSORBOARD_DIR)
@@ -66,7 +66,7 @@ def _trial(cfg: dict) -> None:
     import ray.tune
 
     from ensembles.groups import trial_summary, trial_summary_keys
-    from mer_ray.data.store import read_manifest
+    from mer_ray.data.manifest import read_manifest
     from mer_ray.data.dataset import Dataset
     from mer_ray.train.presets import TrainConfig
     from mer_ray.runs.status import TrialWatch
@@ -194,7 +194,7 @@ def tune_grid(store_path: str, config, settings: list[dict], seeds, run: str,
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
-    from mer_ray.runs.progress import DriverState
+    from mer_ray.runs.driver import DriverState
 
     nodes = cluster_nodes()
     plan = plan_workers(workers, gpus_per_worker, len(settings), nodes)

@@ -53,7 +53,7 @@ META_KEY = b"mer_ray.member"
 MEMBERS_DIR = "members"
 
 
-def _fsl(parts, width: int):
+def _fixed_size_lists(parts, width: int):
     x = np.concatenate(parts).astype(np.float32).reshape(-1)
     return pa.FixedSizeListArray.from_arrays(pa.array(x, pa.float32()), width)
 
@@ -74,12 +74,12 @@ def _to_table(result: MemberResult) -> pa.Table:
         "name": pa.array([str(n) for p in preds for n in p.names], pa.string()),
         "label": pa.array(np.where(label < 0, 0, label), pa.int16(), mask=label < 0),
         "valence_label": pa.array(vl, pa.float32(), mask=np.isnan(vl)),
-        "logits": _fsl([p.logits for p in preds] or [np.zeros((0, n_classes))], n_classes),
+        "logits": _fixed_size_lists([p.logits for p in preds] or [np.zeros((0, n_classes))], n_classes),
     }
     if with_valence:
         arrays["valence"] = pa.array(np.concatenate([p.valence for p in preds]), pa.float32())
     for k in keys:
-        arrays[f"logits_mask_{k}"] = _fsl([p.masked[k][0] for p in preds], n_classes)
+        arrays[f"logits_mask_{k}"] = _fixed_size_lists([p.masked[k][0] for p in preds], n_classes)
         if with_valence:
             arrays[f"valence_mask_{k}"] = pa.array(
                 np.concatenate([p.masked[k][1] for p in preds]).astype(np.float32))

@@ -24,6 +24,23 @@ RUN_ENTRIES = {"run.json", "members", "ray", "ensemble", "report", "tensorboard"
 SEED_RANGE = (0, 2**31 - 1)
 # Bytes per weight during training: weights, gradient, Adam's two moments, best copy.
 BYTES_PER_WEIGHT = 5 * 4
+# How a run is spread and reported, each option's rule once: (test, what is expected).
+OPTION_RULES = {
+    "pack_size": (lambda v: v >= 1, "must be at least 1"),
+    "workers": (lambda v: v is None or v >= 1, "must be at least 1"),
+    "gpus_per_worker": (lambda v: 0 <= v <= 64, "must be in [0, 64]"),
+    "log_every": (lambda v: v >= 1, "must be at least 1"),
+    "wait_s": (lambda v: 0 < v <= 7 * 24 * 3600, "expected seconds in (0, 604800]"),
+}
+
+
+def check_options(names: dict | None = None, **options) -> None:
+    """Check run options against OPTION_RULES; a message names each option as the caller
+    calls it (`names`, e.g. {"pack_size": "--pack-size"}; default the parameter's name)."""
+    for option, value in options.items():
+        test, expected = OPTION_RULES[option]
+        if not test(value):
+            raise InputError(f"{(names or {}).get(option, option)} {value:g}: {expected}")
 
 
 @dataclass
@@ -156,6 +173,7 @@ def preflight(store_location: str, configs, seeds, out: str, pack_size: int = 10
     from mer_ray.data.store import read_store
     from mer_ray.runs.run import read_run
 
+    check_options(pack_size=pack_size)
     seeds, notes = check_seeds(list(seeds))
     notes += check_out(out, store_location, overwrite)
     store = read_store(store_location, verify=True)

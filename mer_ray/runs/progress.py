@@ -10,7 +10,7 @@ per pack per epoch (nothing per step):
 - `PackProgressFile`: RUN/progress/<pack-id>.json, what `mer-ray status` and the live
   Ray Tune reports read while a run goes (`read_progress`).
 
-`pack_consumers` makes the set `run.train_members` gives each pack.
+`mer_ray.runs.run.pack_consumers` makes the set `train_members` gives each pack.
 
 TensorBoard: one event per epoch per member holds its scalars (tags `train/loss`,
 `train/lr`, `held_out/f1`, `held_out/acc`, `held_out/mse`, `held_out/combined`; MSE and
@@ -33,21 +33,17 @@ import math
 import os
 import re
 import socket
-import struct
 import sys
 import time
+from mer_ray.errors import StorageError
+from mer_ray.storage import is_uri, join, list_files, read_bytes, remove_quietly, write_bytes
 
 LOG_EVERY = 10
 PROGRESS_DIR = "progress"
 PROGRESS_FORMAT = "mer-ray-progress/1"
-TENSORBOARD_DIR = "tensorboard"
 # A progress file on object storage is rewritten at most this often (three requests
 # each time); a local one after every epoch.
 URI_WRITE_EVERY_S = 10.0
-# The history row's keys -> TensorBoard tags.
-CURVES = (("train_loss", "train/loss"), ("lr", "train/lr"), ("val_f1", "held_out/f1"),
-          ("val_acc", "held_out/acc"), ("val_mse", "held_out/mse"),
-          ("val_combined", "held_out/combined"))
 
 
 def eta_text(seconds: float) -> str:
@@ -120,137 +116,12 @@ def use_bar(stream=None) -> bool:
     return all(getattr(s, "isatty", lambda: False)() for s in streams)
 
 
-# ---------------------------------------------------------------- TensorBoard
-def _event_record(data: bytes) -> bytes:
-    """One TFRecord: length, its masked CRC, the data, its masked CRC."""
-    from tensorboardX.record_writer import masked_crc32c
-
-    header = struct.pack("<Q", len(data))
-    return (header + struct.pack("<I", masked_crc32c(header)) + data
-            + struct.pack("<I", masked_crc32c(data)))
-
-
-def _event(step: int | None, scalars: dict[str, float]) -> bytes:
-    from tensorboardX.proto.event_pb2 import Event
-    from tensorboardX.proto.summary_pb2 import Summary
-
-    if step is None:  # the file's first record, as TensorBoard expects it
-        return _event_record(Event(wall_time=time.time(),
-                                   file_version="brain.Event:2").SerializeToString())
-    summary = Summary(value=[Summary.Value(tag=t, simple_value=v) for t, v in scalars.items()])
-    return _event_record(Event(wall_time=time.time(), step=step,
-                               summary=summary).SerializeToString())
-
-
-def tensorboard_dir(run, mid: str | None = None) -> str:
-    from mer_ray.storage import join
-
-    return join(run, TENSORBOARD_DIR, *([mid] if mid else []))
-
-
-class MemberCurves:
-    """TensorBoard curves of a pack's members (module docstring: tags, steps, files)."""
-
-    def __init__(self, run, member_ids, log=print):
-        from mer_ray.storage import is_uri
-
-        self.run, self.log, self.uri = run, log, is_uri(run)
-        self.name = (f"events.out.tfevents.{int(time.time())}.{_host()}.{os.getpid()}"
-                     f".mer-ray")
-        self.buffers = {mid: bytearray() for mid in member_ids}  # URI: the whole file
-        self.files = {}
-        self.failed = False
-        try:
-            for mid in member_ids:
-                head = _event(None, {})
-                if self.uri:
-                    self.buffers[mid] += head
-                else:
-                    folder = tensorboard_dir(run, mid)
-                    _clear_local_folder(folder)  # trained again: its old curves go
-                    os.makedirs(folder, exist_ok=True)
-                    f = open(os.path.join(folder, self.name), "wb")
-                    f.write(head)
-                    f.flush()
-                    self.files[mid] = f
-        except OSError as e:
-            self._fail(e)
-
-    def _fail(self, e: OSError) -> None:
-        self.failed = True
-        self.log(f"note: TensorBoard curves of this pack not written ({e}); training goes on")
-        for f in self.files.values():
-            _close_quietly(f)
-        self.files.clear()
-
-    def __call__(self, p) -> None:
-        if self.failed:
-            return
-        try:
-            for mid, row in zip(p.member_ids, p.rows):
-                scalars = {tag: float(row[key]) for key, tag in CURVES if key in row}
-                record = _event(int(row.get("epoch", p.epoch)), scalars)
-                if self.uri:
-                    self.buffers[mid] += record
-                else:
-                    f = self.files[mid]
-                    f.write(record)
-                    f.flush()  # visible to a running TensorBoard; no fsync
-        except OSError as e:
-            self._fail(e)
-
-    def close(self) -> None:
-        """Close the files (local) or upload them (URI). Never raises: the members
-        matter more than their curves."""
-        from mer_ray.errors import StorageError
-        from mer_ray.storage import join, write_bytes
-
-        for f in self.files.values():
-            _close_quietly(f)
-        self.files.clear()
-        if not self.uri or self.failed:
-            return
-        try:
-            for mid, data in self.buffers.items():
-                _clear_uri_folder(tensorboard_dir(self.run, mid))
-                write_bytes(join(tensorboard_dir(self.run, mid), self.name), bytes(data))
-        except (OSError, StorageError) as e:
-            self.log(f"note: TensorBoard curves of this pack not uploaded to {self.run} ({e})")
-        self.buffers.clear()
-
-
-def _close_quietly(f) -> None:
-    try:
-        f.close()
-    except OSError:
-        pass
-
-
-def _clear_local_folder(folder: str) -> None:
-    if os.path.isdir(folder):
-        for name in os.listdir(folder):
-            if "tfevents" in name:
-                os.remove(os.path.join(folder, name))
-
-
-def _clear_uri_folder(location: str) -> None:
-    from mer_ray.storage import resolve
-
-    fs, path = resolve(location)
-    try:
-        fs.delete_dir_contents(path, missing_dir_ok=True)
-    except OSError:
-        pass
-
-
 # ---------------------------------------------------------------- progress files
-def _host() -> str:
+def host_name() -> str:
     return re.sub(r"[^A-Za-z0-9.-]+", "-", socket.gethostname())[:40] or "host"
 
 
 def progress_dir(run) -> str:
-    from mer_ray.storage import join
-
     return join(run, PROGRESS_DIR)
 
 
@@ -260,7 +131,7 @@ def pack_id(member_ids) -> str:
     import hashlib
 
     digest = hashlib.sha1(" ".join(sorted(member_ids)).encode()).hexdigest()[:12]
-    return f"{digest}-{_host()}-{os.getpid()}"
+    return f"{digest}-{host_name()}-{os.getpid()}"
 
 
 class PackProgressFile:
@@ -276,8 +147,6 @@ class PackProgressFile:
     (a full disk) is noted once and training goes on."""
 
     def __init__(self, run, specs, member_ids, label: str, epochs: int, log=print):
-        from mer_ray.storage import is_uri, join
-
         self.log = log
         self.id = pack_id(member_ids)
         self.location = join(progress_dir(run), self.id + ".json")
@@ -317,9 +186,6 @@ class PackProgressFile:
         self._write(force=len(p.finished) == len(p.member_ids))
 
     def _write(self, force: bool = False) -> None:
-        from mer_ray.errors import StorageError
-        from mer_ray.storage import write_bytes
-
         if self.broken or (not force and time.time() - self.written < self.every):
             return
         try:
@@ -331,22 +197,17 @@ class PackProgressFile:
                      "`mer-ray status` will not see this pack; training goes on")
 
     def close(self) -> None:
-        from mer_ray.storage import remove_quietly
-
         remove_quietly(self.location)
 
 
 def read_progress(run) -> list[dict]:
     """Every pack progress file of a run (unreadable or half-written ones skipped: a
     reader never waits on a writer), each with its `location`."""
-    return _read_records(run, PROGRESS_FORMAT)
+    return read_records(run, PROGRESS_FORMAT)
 
 
-def _read_records(run, record_format: str) -> list[dict]:
+def read_records(run, record_format: str) -> list[dict]:
     """The JSON files in RUN/progress of one format, each with its `location`."""
-    from mer_ray.errors import StorageError
-    from mer_ray.storage import list_files, read_bytes
-
     out = []
     try:
         files = list_files(progress_dir(run), ".json")
@@ -366,110 +227,8 @@ def _read_records(run, record_format: str) -> list[dict]:
 def remove_finished_progress(run, complete: set[str]) -> None:
     """Delete progress files whose members are all saved (packs that stopped before
     removing theirs, their members trained since by a resumed run)."""
-    from mer_ray.storage import remove_quietly
-
     for record in read_progress(run):
         if set(record.get("members", {})) <= complete:
             remove_quietly(record["location"])
 
 
-def pack_consumers(run, config, specs, member_ids, log=print, log_every: int = LOG_EVERY,
-                   tag: str = "", tensorboard: bool = True, bar: bool = False,
-                   label: str = "") -> list:
-    """The consumers of one pack, in the order they run: the console (a bar or lines),
-    its TensorBoard curves, its progress file. Each has `close()`."""
-    console = (PackBar(len(specs), config.epochs, desc=tag.strip() or None) if bar
-               else PackPrinter(log, every=log_every, tag=tag))
-    consumers = [console]
-    if tensorboard:
-        consumers.append(MemberCurves(run, member_ids, log=log))
-    consumers.append(PackProgressFile(run, specs, member_ids, label, config.epochs, log=log))
-    return consumers
-
-
-# ---------------------------------------------------------------- the Ray driver's view
-DRIVER_FORMAT = "mer-ray-driver/1"
-HEARTBEAT_S = 10.0
-
-
-class DriverState:
-    """RUN/progress/driver-<host>-<pid>.json: what only the Ray driver knows, for
-    `mer-ray status`: each setting waiting for capacity (Tune has not started its trial:
-    fewer fit at once), starting (its Train workers are being placed), training, done,
-    or stopped (and why). Rewritten on every change and every HEARTBEAT_S by a thread, so
-    a reader tells a live driver from a gone one; removed when the driver ends well, kept
-    with the reason when the run stopped. Best effort, like the pack files."""
-
-    def __init__(self, run, labels, log=print, note: str = ""):
-        import threading
-
-        from mer_ray.storage import join
-
-        self.log = log
-        self.location = join(progress_dir(run), f"driver-{_host()}-{os.getpid()}.json")
-        self.state = {"format": DRIVER_FORMAT, "host": socket.gethostname(),
-                      "pid": os.getpid(), "started": time.time(), "time": time.time(),
-                      "note": note, "settings": {label: {"state": "waiting", "reason": None}
-                                                 for label in labels}}
-        self.lock = threading.Lock()
-        self.stop = threading.Event()
-        self.broken = False
-        self._write()
-        self.thread = threading.Thread(target=self._beat, name="mer-ray-driver-state",
-                                       daemon=True)
-        self.thread.start()
-
-    def __getstate__(self):
-        # Tune pickles its callbacks with the experiment state: a copy is inert (only
-        # the driver's own object writes the file)
-        return {"location": self.location, "state": self.state, "broken": True}
-
-    def __setstate__(self, d):
-        import threading
-
-        self.__dict__.update(d, log=print, lock=threading.Lock(), stop=threading.Event(),
-                             thread=None)
-
-    def set(self, label: str, state: str, reason: str | None = None) -> None:
-        with self.lock:
-            entry = self.state["settings"].setdefault(label, {})
-            if entry.get("state") == state and entry.get("reason") == reason:
-                return
-            entry.update(state=state, reason=reason)
-        self._write()
-
-    def _beat(self) -> None:
-        while not self.stop.wait(HEARTBEAT_S):
-            self._write()
-
-    def _write(self) -> None:
-        from mer_ray.errors import StorageError
-        from mer_ray.storage import write_bytes
-
-        if self.broken:
-            return
-        with self.lock:
-            self.state["time"] = time.time()
-            data = json.dumps(self.state).encode()
-        try:
-            write_bytes(self.location, data)
-        except (OSError, StorageError) as e:
-            self.broken = True
-            self.log(f"note: {self.location} not written ({e}); `mer-ray status` will not "
-                     "tell waiting trials from starting ones")
-
-    def close(self, keep: bool = False) -> None:
-        """Stop the heartbeat; remove the file unless `keep` (a stopped run's reason)."""
-        from mer_ray.storage import remove_quietly
-
-        self.stop.set()
-        self.thread.join(timeout=5)
-        if keep:
-            self._write()
-            return
-        remove_quietly(self.location)
-
-
-def read_driver_states(run) -> list[dict]:
-    """The driver state files of a run (unreadable ones skipped)."""
-    return _read_records(run, DRIVER_FORMAT)

@@ -26,7 +26,10 @@ import json
 import time
 
 from mer_ray.errors import InputError, StorageError
+from mer_ray.runs.curves import MemberCurves
 from mer_ray.runs.members import existing_member_ids, member_path, read_member, write_member
+from mer_ray.runs.progress import (LOG_EVERY, PackBar, PackPrinter, PackProgressFile,
+                                   remove_finished_progress)
 from mer_ray.train.result import member_id
 from mer_ray.storage import absolute, join, read_bytes, storage_errors, write_bytes
 
@@ -141,8 +144,9 @@ def train_members(store, config, specs, run, pack_size: int = 10, device: str = 
     to resume. Each pack's EpochProgress (mer_ray.train.trainer) goes to the console (lines
     every `log_every` epochs, or a tqdm bar with `bar`), its members' TensorBoard curves
     (`tensorboard`), its progress file (mer_ray.runs.progress) and `on_epoch`."""
-    from mer_ray.runs.progress import pack_consumers, remove_finished_progress
-    from mer_ray.train.trainer import TrainData, train_pack  # torch loads only when training
+    # torch loads only when training: `mer-ray status` and the CLI's checks never need it
+    from mer_ray.train.train_data import TrainData
+    from mer_ray.train.trainer import train_pack
 
     written = []
     packs = [specs[i : i + pack_size] for i in range(0, len(specs), pack_size)]
@@ -159,25 +163,38 @@ def train_members(store, config, specs, run, pack_size: int = 10, device: str = 
         log(f"{tag}pack {n}/{len(packs)}: {len(pack)} member(s) [{names}] of "
             f"{setting_label(config)}")
         ids = [member_id(cfg, f, s) for f, s in pack]
-        consumers = pack_consumers(run, config, pack, ids, log=log, log_every=log_every,
-                                   tag=f"{tag}pack {n}/{len(packs)} ", tensorboard=tensorboard,
-                                   bar=bar, label=setting_label(config))
-        every = consumers + ([on_epoch] if on_epoch else [])
+        display, progress_file = pack_consumers(
+            run, config, pack, ids, log=log, log_every=log_every,
+            tag=f"{tag}pack {n}/{len(packs)} ", tensorboard=tensorboard, bar=bar,
+            label=setting_label(config))
+        every = display + [progress_file] + ([on_epoch] if on_epoch else [])
         try:
             try:
                 results = train_pack(store, config, pack, device=device, data=data,
                                      on_epoch=lambda p, every=every: [c(p) for c in every],
                                      pseudo=pseudo)
             finally:
-                for c in consumers[:-1]:  # the console and the curves: done
+                for c in display:
                     c.close()
             _save_pack(results, run, written, log, tag)
         finally:
-            consumers[-1].close()  # the progress file goes once the members are saved
+            progress_file.close()  # it goes once the members are saved
         log(f"{tag}pack {n}/{len(packs)} done in {time.perf_counter() - t0:.1f} s")
     if packs:
         remove_finished_progress(run, existing_member_ids(run))
     return written
+
+
+def pack_consumers(run, config, specs, member_ids, log=print, log_every: int = LOG_EVERY,
+                   tag: str = "", tensorboard: bool = True, bar: bool = False,
+                   label: str = "") -> tuple[list, "PackProgressFile"]:
+    """The consumers of one pack: (the console (a bar or lines) and its TensorBoard
+    curves, closed when the pack ends; its progress file, closed once its members are
+    saved). Each has `close()`."""
+    console = (PackBar(len(specs), config.epochs, desc=tag.strip() or None) if bar
+               else PackPrinter(log, every=log_every, tag=tag))
+    display = [console] + ([MemberCurves(run, member_ids, log=log)] if tensorboard else [])
+    return display, PackProgressFile(run, specs, member_ids, label, config.epochs, log=log)
 
 
 def _save_pack(results, run, written: list, log, tag: str) -> None:

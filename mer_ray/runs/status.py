@@ -24,7 +24,8 @@ import time
 from mer_ray.errors import InputError
 from mer_ray.runs.members import existing_member_ids, member_meta, member_path
 from mer_ray.train.result import member_id
-from mer_ray.runs.progress import HEARTBEAT_S, eta_text, read_driver_states, read_progress
+from mer_ray.runs.progress import eta_text, read_progress
+from mer_ray.runs.driver import HEARTBEAT_S, read_driver_states
 from mer_ray.runs.run import all_specs, read_run, setting_label
 
 STALE_MIN_S = 300.0

@@ -32,6 +32,16 @@ DROPOUT, MODALITY, NOISE = 0x1B873593, 0x5BD1E995 - (1 << 32), 0x27D4EB2F
 _LOW16 = 0xFFFF
 
 
+def member_generator(seed: int, fold: int, device="cpu", stream: str = "") -> torch.Generator:
+    """The member's own random stream for its init and shuffles: its result never
+    depends on who else shares the pack."""
+    digest = hashlib.sha256(f"mer-ray/{int(seed)}/{int(fold)}{stream}".encode()).digest()
+    g = torch.Generator(device=device)
+    g.manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
+    return g
+
+
+
 def _lsr(x: torch.Tensor, s: int) -> torch.Tensor:
     return (x >> s) & ((1 << (32 - s)) - 1)
 

@@ -41,7 +41,9 @@ from mer_ray.model.module import AttentionModel
 from mer_ray.model.weights import to_state_dict
 from mer_ray.model.pack import init_member
 from mer_ray.model.shape import ModelShape
-from mer_ray.train.trainer import TrainData, contrastive_loss, member_generator
+from mer_ray.train.trainer import contrastive_loss
+from mer_ray.train.train_data import TrainData
+from mer_ray.train.masks import member_generator
 
 
 # ---------------------------------------------------------------- the recipe, one member

@@ -34,11 +34,8 @@ reports, TensorBoard and the benchmark are its consumers; none parse text).
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import math
 import time
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,104 +43,21 @@ import torch
 import torch.nn.functional as F
 
 from mer_ray.model import pack
-from mer_ray.model.shape import ModelShape
 from mer_ray.errors import InputError
 from mer_ray.train.folds import make_folds
-from mer_ray.train.masks import PackRandom, dropout_threshold, member_key
-from mer_ray.train.result import MemberResult, SplitPredictions, mask_key, mask_sets, member_id
+from mer_ray.train.evaluate import member_results, predict_pack
+from mer_ray.train.masks import PackRandom, member_generator, member_key
+from mer_ray.train.numerics import (flush_denormals, keep_freed_memory, matmul_precision,
+                                    precision_context)
+from mer_ray.train.result import MemberResult, member_id
 from mer_ray.train.metrics import score
 from mer_ray.train.pack_adam import PackAdam, clip_per_member
+from mer_ray.train.train_data import TrainData, class_weights, feature_std
 
 PLATEAU_THRESHOLD = 1e-4  # torch ReduceLROnPlateau default (rel)
-EVAL_CHUNK = 1024
-
-
-def member_generator(seed: int, fold: int, device="cpu", stream: str = "") -> torch.Generator:
-    """The member's own random stream for its init and shuffles: its result never
-    depends on who else shares the pack."""
-    digest = hashlib.sha256(f"mer-ray/{int(seed)}/{int(fold)}{stream}".encode()).digest()
-    g = torch.Generator(device=device)
-    g.manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
-    return g
-
-
-def flush_denormals() -> None:
-    """Flush denormal floats to zero (FTZ/DAZ) on the CPU.
-
-    Adam with L2 weight decay walks the weights and moments of dead ReLU units down
-    geometrically into the denormal range (below 1.2e-38), where every x86 multiply
-    takes a microcode assist: a 5-member pack's epoch grew from 2.2 s to 6-7 s by
-    epoch 30 (1.7 % of weights and 4.7 % of Adam's first moments denormal), and a matmul
-    over denormal inputs ran 220x slower. Flushed, epochs stay at 2.2 s. Numerically
-    nothing is lost (GPUs flush too). Threads inherit the setting only when they are
-    created after it, so this runs when the trainer is imported, before torch's thread
-    pools exist in our entry points, and again at every train_pack."""
-    torch.set_flush_denormal(True)
 
 
 flush_denormals()
-
-_MALLOC_TUNED = False
-
-
-def keep_freed_memory():
-    """Ask glibc to keep freed large blocks for reuse instead of returning them to the OS.
-
-    A pack's weight gradients are tens of MB each step; above glibc's mmap threshold
-    every step maps fresh pages and page-faults through them, which measured at a 3.5x
-    slower weight-gradient matmul for a 25-member pack on CPU (40 vs 138 GFLOP/s).
-    No-op where glibc is absent."""
-    global _MALLOC_TUNED
-    if _MALLOC_TUNED:
-        return
-    _MALLOC_TUNED = True
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD: serve blocks below 1 GiB from the heap
-        libc.mallopt(-1, (1 << 31) - 1)  # M_TRIM_THRESHOLD: do not trim the heap eagerly
-    except (OSError, AttributeError):
-        pass
-
-
-# ---------------------------------------------------------------- the data a recipe sees
-class TrainData:
-    """The store as one recipe trains on it: the chosen feature of each modality as a
-    tensor on the device, labels, valence, the split rows, the model's shape."""
-
-    def __init__(self, store, config, device):
-        device = torch.device(device)
-        self.store, self.device = store, device
-        self.dataset = store.dataset
-        self.modalities = store.modalities
-        self.feature_names = {m: config.feature_of(m) or store.feature_names(m)[0]
-                              for m in self.modalities}
-        self.x = {}
-        for m in self.modalities:
-            arr = np.ascontiguousarray(store.feature(m, self.feature_names[m]), np.float32)
-            with warnings.catch_warnings():
-                # The store's arrays are read-only views of the Parquet buffers; the
-                # trainer only reads features, so share them instead of copying 139 MB.
-                warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-                self.x[m] = torch.from_numpy(arr).to(device)
-        # What training steps gather from: with dropout, the features scaled once by
-        # inverted dropout's 1/(1-p), so a step only zeroes the dropped units (masks.py).
-        self.dropout_scale = dropout_threshold(config.dropout)[1] if config.dropout > 0 else 1.0
-        self.x_train = {m: x * self.dropout_scale if config.dropout > 0 else x
-                        for m, x in self.x.items()}
-        self.shape = ModelShape(tuple((m, int(self.x[m].shape[1])) for m in self.modalities),
-                                  config.hidden_dim, self.dataset.n_classes,
-                                  self.dataset.has_valence)
-        self.emotion = torch.from_numpy(np.maximum(store.emotion, 0)).to(device)
-        valence = torch.from_numpy(store.valence.astype(np.float32))
-        self.has_valence = (~torch.isnan(valence)).to(device)
-        self.valence = torch.nan_to_num(valence).to(device)
-        self.train_rows = store.rows("train")
-        self.metric = self.dataset.metric_name()
-
-    def features_info(self) -> dict:
-        return {m: {"feature": self.feature_names[m], "dim": d} for m, d in self.shape.dims}
 
 
 # ---------------------------------------------------------------- per-member state
@@ -152,7 +66,7 @@ class _Member:
         self.fold, self.seed = fold, seed
         self.id = member_id(config.to_dict(), fold, seed)
         self.train_idx, self.val_idx = train_idx, val_idx
-        # pseudo-labelled rows (mer_ray.selftrain.pseudo.FoldLabels), never held out
+        # pseudo-labelled rows (mer_ray.runs.pseudo_labels.FoldLabels), never held out
         self.pseudo = pseudo
         self.g = member_generator(seed, fold)  # init and shuffles
         self.best = -math.inf
@@ -244,57 +158,6 @@ def _epoch_plan(live, bs: int, labels: np.ndarray, soft: bool = False,
                      lay_out(soft_targets, np.float32) if soft else None)
 
 
-@torch.no_grad()
-def predict_pack(params: dict, x: dict, rows: list[np.ndarray], mask=None):
-    """Eval-mode predictions of each member k on rows[k] (numpy indices into x's rows).
-    mask: None or a length-M keep vector applied to every row.
-    Returns [(logits [n_k, C], valence [n_k] or None)] as numpy."""
-    k = len(rows)
-    n_max = max(len(r) for r in rows)
-    out_l = [[] for _ in range(k)]
-    out_v = [[] for _ in range(k)]
-    dev = next(iter(params.values())).device
-    for start in range(0, n_max, EVAL_CHUNK):
-        idx = np.zeros((k, min(EVAL_CHUNK, n_max - start)), dtype=np.int64)
-        lens = []
-        for i, r in enumerate(rows):
-            part = r[start : start + idx.shape[1]]
-            idx[i, : len(part)] = part
-            lens.append(len(part))
-        if all(r is rows[0] for r in rows):
-            # Test splits: every member sees the same rows; one gathered copy viewed K
-            # times instead of K copies (a 25-pack's test chunk: 28 MB, not 700 MB).
-            t = torch.from_numpy(idx[0]).to(dev)
-            xs = {m: v[t].expand(k, -1, -1) for m, v in x.items()}
-        else:
-            t = torch.from_numpy(idx).to(dev)
-            xs = {m: v[t] for m, v in x.items()}
-        modality_mask = None
-        if mask is not None:
-            modality_mask = torch.as_tensor(mask, dtype=torch.float32, device=dev).expand(
-                k, idx.shape[1], len(x))
-        if k > 1 and dev.type == "cpu":
-            # On CPU one member at a time (views of the same rows, no copies): batched
-            # matmuls round a narrow head's output (the 6 emotion logits) differently for
-            # some pack sizes, so a member's evaluation, and the best epoch chosen from
-            # it, would depend on its pack. Same FLOPs. On a GPU the pack stays batched
-            # (K times the kernel launches would cost more than the evaluation).
-            outs = [pack.forward({n: p[i : i + 1] for n, p in params.items()},
-                              {m: v[i : i + 1] for m, v in xs.items()},
-                              None if modality_mask is None else modality_mask[i : i + 1])
-                    for i in range(k)]
-            logits = torch.cat([o.logits for o in outs])
-            valence = None if outs[0].valence is None else torch.cat([o.valence for o in outs])
-        else:
-            out = pack.forward(params, xs, modality_mask)
-            logits, valence = out.logits, out.valence
-        for i, n in enumerate(lens):
-            out_l[i].append(logits[i, :n].float().cpu().numpy())
-            if valence is not None:
-                out_v[i].append(valence[i, :n].float().cpu().numpy())
-    return [(np.concatenate(a), np.concatenate(b) if b else None) for a, b in zip(out_l, out_v)]
-
-
 def contrastive_loss(hidden: list, fused, weight, modality_mask, temperature: float):
     """InfoNCE of each modality's hidden vector against the fused vector, per member [K].
 
@@ -317,42 +180,6 @@ def contrastive_loss(hidden: list, fused, weight, modality_mask, temperature: fl
         anchor = anchor.float()
         total = total + (per_row * anchor).sum(1) / anchor.sum(1).clamp(min=1)
     return total / len(hidden)
-
-
-def _precision_context(precision: str, device: torch.device):
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-@contextlib.contextmanager
-def matmul_precision(precision: str):
-    """TF32 matmuls for `tf32` (CUDA only; on the CPU fp32 and tf32 are the same)."""
-    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
-    torch.backends.cudnn.allow_tf32 = precision == "tf32"
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
-
-
-def feature_std(data: TrainData, members) -> dict:
-    """Per modality [K, 1, D]: each member's training rows' standard deviation per
-    feature dimension (the unit of `feature_noise_<modality>`)."""
-    out = {}
-    for m, x in data.x.items():
-        out[m] = torch.stack([x[torch.from_numpy(mb.train_idx).to(x.device)].std(0)
-                              for mb in members]).unsqueeze(1)
-    return out
-
-
-def class_weights(labels: np.ndarray, n_classes: int) -> np.ndarray:
-    """scikit-learn's "balanced" weights of these labels: n / (C x n_c) (0 where absent)."""
-    counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
-    weights = np.divide(len(labels), n_classes * counts, out=np.zeros(n_classes),
-                        where=counts > 0)
-    return weights.astype(np.float32)
 
 
 def train_pack(store, config, specs, device: str = "cpu", on_epoch=None, data=None,
@@ -429,7 +256,7 @@ def train_pack(store, config, specs, device: str = "cpu", on_epoch=None, data=No
                     dropout_masks = [None] * n_mod + [dropout_masks[n_mod]]
                 modality_mask = rand.modality_mask(s, drop_probs) if mod_drop else None
                 w = weight[s]
-                with _precision_context(config.precision, device):
+                with precision_context(config.precision, device):
                     out = pack.forward(params, xs, modality_mask, dropout_masks)
                     logits = out.logits.float()
                     ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]),
@@ -464,7 +291,7 @@ def train_pack(store, config, specs, device: str = "cpu", on_epoch=None, data=No
                 break
             if noise_std is not None and len(live) < k:  # members left: their rows go too
                 noise_std = feature_std(data, live)
-    return _results(data, config, members)
+    return member_results(data, config, members)
 
 
 def _end_of_epoch(data, config, epoch, live, params, opt, rand, loss_mean, t0, pack_size,
@@ -474,19 +301,20 @@ def _end_of_epoch(data, config, epoch, live, params, opt, rand, loss_mean, t0, p
     preds = predict_pack(params, data.x, [m.val_idx for m in live])
     finished = []
     for i, m in enumerate(live):
-        lg, vp = preds[i]
+        logits, valence_pred = preds[i]
         row = {"epoch": epoch, "train_loss": float(loss_mean[i]), "lr": float(opt.lr[i])}
-        if not math.isfinite(row["train_loss"]) or not np.isfinite(lg).all() or (
-                vp is not None and not np.isfinite(vp).all()):
+        if not math.isfinite(row["train_loss"]) or not np.isfinite(logits).all() or (
+                valence_pred is not None and not np.isfinite(valence_pred).all()):
             m.stop_reason = f"non-finite training loss or predictions at epoch {epoch}"
             m.done = True
             m.history.append(row)
             finished.append(i)
             continue
-        met = score(lg, data.store.emotion[m.val_idx], vp, data.store.valence[m.val_idx])
-        row.update({f"val_{k}": v for k, v in met.items()})
+        held_out = score(logits, data.store.emotion[m.val_idx], valence_pred,
+                         data.store.valence[m.val_idx])
+        row.update({f"val_{k}": v for k, v in held_out.items()})
         m.history.append(row)
-        value = met[data.metric]
+        value = held_out[data.metric]
         if value > m.best:
             m.best, m.best_epoch = value, epoch
             m.best_weights = pack.unstack(params, i)
@@ -528,52 +356,3 @@ def _end_of_epoch(data, config, epoch, live, params, opt, rand, loss_mean, t0, p
     return live, params
 
 
-def _results(data: TrainData, config, members) -> list[MemberResult]:
-    store = data.store
-    cfg = config.to_dict()
-    common = dict(classes=list(data.dataset.classes), dataset=data.dataset.to_dict(),
-                  model=data.shape.to_dict(),
-                  store={"content_hash": store.content_hash, "features": data.features_info(),
-                         "location": store.location})
-    trained = [m for m in members if m.best_weights is not None]
-    out = {}
-    if trained:
-        best = pack.stack([m.best_weights for m in trained])
-        split_rows = {"oof": [m.val_idx for m in trained]}
-        for s in data.dataset.test_splits:
-            split_rows[s] = [store.rows(s)] * len(trained)
-        preds = {s: predict_pack(best, data.x, rows) for s, rows in split_rows.items()}
-        masked = {}
-        for mods in mask_sets(data.shape.modalities):
-            keep = [0.0 if mod in mods else 1.0 for mod in data.shape.modalities]
-            masked[mask_key(mods)] = {s: predict_pack(best, data.x, rows, keep)
-                                      for s, rows in split_rows.items()}
-        for i, m in enumerate(trained):
-            predictions, metrics = {}, {}
-            for s, rows in split_rows.items():
-                r = rows[i]
-                lg, vp = preds[s][i]
-                predictions[s] = SplitPredictions(
-                    names=store.names[r], logits=lg.astype(np.float32),
-                    valence=None if vp is None else vp.astype(np.float32),
-                    label=store.emotion[r], valence_label=store.valence[r].astype(np.float32),
-                    masked={key: d[s][i] for key, d in masked.items()},
-                )
-                if s == "oof" or data.dataset.split(s).labelled:
-                    with_valence = s == "oof" or data.dataset.scores_valence(s)
-                    metrics[s] = score(lg, store.emotion[r], vp if with_valence else None,
-                                       store.valence[r] if with_valence else None)
-            out[m.id] = MemberResult(
-                member_id=m.id, config=cfg, fold=m.fold, seed=m.seed,
-                best_epoch=m.best_epoch, epochs_run=len(m.history), metrics=metrics,
-                history=m.history, predictions=predictions, stop_reason=m.stop_reason,
-                weights={n: p.cpu() for n, p in m.best_weights.items()},
-                pseudo=None if m.pseudo is None else m.pseudo.source, **common)
-    for m in members:
-        if m.id not in out:  # never had a finite held-out metric
-            out[m.id] = MemberResult(
-                member_id=m.id, config=cfg, fold=m.fold, seed=m.seed, best_epoch=-1,
-                epochs_run=len(m.history), metrics={}, history=m.history, predictions={},
-                status="failed", stop_reason=m.stop_reason or "no finite epoch",
-                pseudo=None if m.pseudo is None else m.pseudo.source, **common)
-    return [out[m.id] for m in members]
