@@ -29,11 +29,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ensembles.tables import CV, format_table, row_split, rows_of, score_splits, unlabelled_lines
 from mer_ray.data.dataset import Dataset
 from mer_ray.errors import InputError
 from mer_ray.train.result import OOF, MemberResult, SplitPredictions
-
-from ensembles.tables import format_table, score_splits, unlabelled_lines
 
 
 @dataclass
@@ -254,8 +253,6 @@ def trial_summary(members: list[MemberResult]) -> dict:
 def trial_summary_keys(dataset: Dataset) -> list[str]:
     """The keys trial_summary gives for members of `dataset`, known before any member
     exists (a live Tune trial reports them empty until its end)."""
-    from ensembles.tables import CV, rows_of, row_split
-
     keys = []
     for row in rows_of(dataset):
         split = row_split(row)

@@ -14,12 +14,11 @@ import json
 
 import numpy as np
 
+from ensembles.where import filter_members
 from mer_ray.errors import InputError
 from mer_ray.runs.members import MEMBERS_DIR, list_member_files, read_member
-from mer_ray.train.result import MemberResult
 from mer_ray.storage import join, read_bytes
-
-from ensembles.where import filter_members
+from mer_ray.train.result import MemberResult
 
 
 def load_run(run: str, warn=None) -> list[MemberResult]:

@@ -12,14 +12,12 @@ import uuid
 
 import pyarrow.fs as pafs
 
-from mer_ray.storage import absolute, resolve, storage_errors
+from mer_ray.storage import absolute, check_output_folder, resolve, storage_errors
 
 
 def check_out(out: str) -> None:
     """Refuse an --out that cannot be a folder (a file, a path below a file, an unknown
     URI scheme, a folder we cannot write), before any work is done."""
-    from mer_ray.storage import check_output_folder
-
     check_output_folder(out)
 
 

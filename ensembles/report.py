@@ -31,15 +31,22 @@ import io
 
 import numpy as np
 
-from mer_ray.errors import InputError
-
 from ensembles import robustness
 from ensembles.groups import cv_score
 from ensembles.load import load_members, run_info
 from ensembles.output import check_out, write_outputs
-from ensembles.score import Evaluation, evaluate, format_evaluation
+from ensembles.score import (
+    Evaluation,
+    default_out,
+    evaluate,
+    format_evaluation,
+    prior_shifts,
+    prior_text,
+)
 from ensembles.strategies import align, mix
 from ensembles.tables import CV, columns_for, row_split, score_splits
+from mer_ray.data.store import read_store
+from mer_ray.errors import InputError
 
 REPORT_DIR = "report"
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2")
@@ -336,8 +343,6 @@ def report_html(run: str, ev: Evaluation, pngs: dict[str, bytes], masked: dict,
 
 def load_store_for(run: str, store_arg: str | None, content_hash: str | None):
     """(Store or None, note). An explicit --store must be right; run.json's may be missing."""
-    from mer_ray.data.store import read_store
-
     if store_arg:
         store = read_store(store_arg)
         if content_hash and store.content_hash != content_hash:
@@ -361,8 +366,6 @@ def build_report(run: str, out: str | None = None, store: str | None = None,
                  strategy: str = "mean", where: str | None = None,
                  prior_shift: str = "none", prior_splits=None) -> tuple[str, str]:
     """Compute, render and write the report; returns (printed text, output folder)."""
-    from ensembles.score import default_out, prior_shifts, prior_text
-
     run = str(run)
     out = default_out([run], out, REPORT_DIR)
     check_out(out)

@@ -36,17 +36,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mer_ray.errors import InputError
-from mer_ray.train.result import MemberResult
-
-from mer_ray.data.dataset import Dataset
-from mer_ray.train.result import OOF
-
 from ensembles.groups import Group, cv_score, make_groups, score_group
 from ensembles.load import load_members
 from ensembles.output import check_out, write_outputs
+from ensembles.prior import MIN_SAMPLES, class_prior, estimate_prior, prior_lines
 from ensembles.strategies import Ensemble, combine, softmax
 from ensembles.tables import format_table, score_splits, unlabelled_lines
+from mer_ray.data.dataset import Dataset
+from mer_ray.errors import InputError
+from mer_ray.storage import join
+from mer_ray.train.result import OOF, MemberResult
 
 ENSEMBLE_DIR = "ensemble"
 
@@ -114,8 +113,6 @@ def prior_shifts(ev: Evaluation, prior_shift: str = "none", splits=None) -> dict
     ensemble's predictions of those splits are moved to their estimated prior (logits
     become log-probabilities, so argmax, softmax and the submission follow) and the
     labelled ones re-scored. Returns {split: PriorShift}."""
-    from ensembles.prior import MIN_SAMPLES, class_prior, estimate_prior
-
     if prior_shift not in PRIOR_SHIFTS:
         raise InputError(f"--prior-shift {prior_shift!r}: choose one of "
                          f"{', '.join(PRIOR_SHIFTS)}")
@@ -147,8 +144,6 @@ def prior_shifts(ev: Evaluation, prior_shift: str = "none", splits=None) -> dict
 
 
 def prior_text(ev: Evaluation, shifts: dict) -> list[str]:
-    from ensembles.prior import prior_lines
-
     lines = []
     for split, shift in shifts.items():
         lines += prior_lines(shift, ev.classes, f"{split} ({len(shift.probabilities)} samples)")
@@ -292,7 +287,6 @@ def default_out(runs: list[str], out: str | None, sub: str) -> str:
     if len(runs) != 1:
         raise InputError(f"{len(runs)} runs given: pass --out DIR to say where the "
                          "combined results go")
-    from mer_ray.storage import join
 
     return join(runs[0], sub)
 

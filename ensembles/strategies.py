@@ -29,10 +29,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ensembles.groups import Group, group_members, make_groups, rows_in
 from mer_ray.errors import InputError
 from mer_ray.train.result import SplitPredictions
-
-from ensembles.groups import Group, group_members, make_groups, rows_in
 
 # The strategies, each with what it does (the --strategy help of every command).
 STRATEGIES = {

@@ -37,14 +37,14 @@ def run_demo(out: str, seed: int = 0, scale: float = DEMO_SCALE, seeds=DEMO_SEED
              overwrite: bool = False, address: str | None = None) -> None:
     from ensembles.groups import trial_table
     from ensembles.score import score_runs
+    from mer_ray.data.manifest import summary_table
+    from mer_ray.data.mertools import import_mertools
+    from mer_ray.data.synth_files import synthesize
     from mer_ray.distributed.cluster import connect, disconnect
     from mer_ray.distributed.tune import tune_grid
-    from mer_ray.data.mertools import import_mertools
-    from mer_ray.data.manifest import summary_table
-    from mer_ray.data.synth_files import synthesize
     from mer_ray.runs.preflight import preflight
-    from mer_ray.train.presets import get_preset
     from mer_ray.runs.run import record_run
+    from mer_ray.train.presets import get_preset
 
     out = Path(out).absolute()
     if out.exists():

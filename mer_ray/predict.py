@@ -29,10 +29,18 @@ from pathlib import Path
 
 import numpy as np
 
+from ensembles.groups import group_members
+from ensembles.load import load_members
+from ensembles.prior import class_prior, estimate_prior
+from ensembles.score import submission_csv
+from ensembles.strategies import group_weights, mix_groups, softmax
+from mer_ray.data.features import load_vector
 from mer_ray.errors import InputError
+from mer_ray.model.shape import ModelShape
+from mer_ray.model.weights import from_state_dict, read_weights
 from mer_ray.runs.members import weights_path
-from mer_ray.train.result import SplitPredictions
 from mer_ray.storage import exists
+from mer_ray.train.result import SplitPredictions
 
 PREDICT_SPLIT = "predict"
 PACK_SIZE = 25
@@ -85,8 +93,6 @@ class Predictor:
              device: str = "cpu") -> "Predictor":
         """The members of `runs` that `where` keeps, weighted like `ensemble score
         --strategy`."""
-        from ensembles.load import load_members
-
         runs = [runs] if isinstance(runs, (str, os.PathLike)) else list(runs)
         members = load_members([str(r) for r in runs], where)
         lacking = [m for m in members if not m.weights_sha256 or not exists(weights_path(m.path))]
@@ -101,10 +107,6 @@ class Predictor:
     def from_members(cls, members, strategy: str = "mean", device: str = "cpu",
                      run: str = "") -> "Predictor":
         """Members already read (MemberResults with their weights beside them)."""
-        from ensembles.strategies import group_weights
-        from mer_ray.model.shape import ModelShape
-        from mer_ray.model.weights import from_state_dict, read_weights
-
         weights = group_weights(members, strategy)
         loaded = []
         for m in members:
@@ -116,8 +118,6 @@ class Predictor:
     def train_prior(self) -> np.ndarray:
         """The class shares of the members' training labels (their held-out folds
         together cover the train split once per group)."""
-        from ensembles.prior import class_prior
-
         labels = {}
         for m in self.members:
             oof = m.predictions.get("oof")
@@ -128,8 +128,6 @@ class Predictor:
     def prior_shift(self, pred: "Prediction", apply: bool, what: str):
         """The EM estimate of the predicted samples' class prior (ensembles.prior); with
         `apply`, the prediction moved to it (probabilities, logits, labels)."""
-        from ensembles.prior import estimate_prior
-
         shift = estimate_prior(pred.probabilities, self.train_prior(), what)
         if apply:
             pred.probabilities = shift.probabilities
@@ -151,8 +149,6 @@ class Predictor:
         feature the members use. Samples: `candidates` (names, in that order) or every
         name found, sorted."""
         from tqdm import tqdm
-
-        from mer_ray.data.features import load_vector
 
         t0 = time.perf_counter()
         root = Path(folder)
@@ -260,9 +256,6 @@ class Predictor:
 
     # ------------------------------------------------------------ the models
     def _predict(self, names, arrays, present, progress) -> Prediction:
-        from ensembles.groups import group_members
-        from ensembles.strategies import mix_groups, softmax
-
         t0 = time.perf_counter()
         member_out = self.member_outputs(arrays, present, progress)
         seconds_model = time.perf_counter() - t0
@@ -334,8 +327,6 @@ def output_files(pred: Prediction, predictor: Predictor, source: str) -> dict[st
 
     import pyarrow as pa
     import pyarrow.parquet as pq
-
-    from ensembles.score import submission_csv
 
     c = len(pred.classes)
 

@@ -20,7 +20,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ensembles.groups import make_groups, score_group, trial_table
 from mer_ray.errors import InputError
+from mer_ray.storage import join
+from mer_ray.train.presets import PRESETS
+from mer_ray.train.recipes import RECIPE_FILE, write_recipe
 
 
 @dataclass(frozen=True)
@@ -91,8 +95,6 @@ def best_trials(rows: list[tuple[dict, dict]], k: int = 1) -> list[int]:
 
 def search_table(rows: list[tuple[dict, dict]], best: list[int]) -> str:
     """The trials, best cv first; the cv columns chose, the test columns are held out."""
-    from ensembles.groups import trial_table
-
     order = best_trials(rows, len(rows))
     lines = trial_table([({"trial": i + 1}, rows[i][1]) for i in order]).splitlines()
     out = ["  " + lines[0], "  " + lines[1]]
@@ -107,8 +109,6 @@ def search_table(rows: list[tuple[dict, dict]], best: list[int]) -> str:
 def seed_spread(members) -> list[float]:
     """A trial's out-of-fold objective per seed (each seed's fold-averaged model):
     cv combined where there is valence, else cv F1."""
-    from ensembles.groups import make_groups, score_group
-
     values = []
     for g in make_groups(members) if members else []:
         cv = score_group(g)["cv"]
@@ -161,9 +161,6 @@ def write_search_recipe(args, config, setting: dict, rows, spreads, best: int, m
                         seeds) -> str:
     """RUN/recipe.yaml: the chosen trial as a recipe file (mer_ray.train.recipes) with what
     chose it."""
-    from mer_ray.train.recipes import RECIPE_FILE, write_recipe
-    from mer_ray.storage import join
-
     chosen = config.replace(**setting)
     lead, se = within_noise(spreads, best)
     metrics = rows[best][1]
@@ -186,6 +183,4 @@ def write_search_recipe(args, config, setting: dict, rows, spreads, best: int, m
 
 
 def _base_name(config) -> str:
-    from mer_ray.train.presets import PRESETS
-
     return config.preset if config.preset in PRESETS else "robust_v3"

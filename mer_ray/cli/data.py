@@ -112,8 +112,8 @@ def cmd_synth(args):
 
 
 def cmd_import(args):
-    from mer_ray.data.mertools import import_mertools
     from mer_ray.data.manifest import read_manifest, summary_table
+    from mer_ray.data.mertools import import_mertools
 
     out = import_mertools(
         args.features, args.labels, args.out, audio=args.audio, text=args.text,
@@ -128,8 +128,8 @@ def cmd_import(args):
 
 
 def cmd_summary(args):
-    from mer_ray.data.store import read_store
     from mer_ray.data.manifest import read_manifest, summary_table
+    from mer_ray.data.store import read_store
 
     if args.verify:
         read_store(args.store, verify=True)

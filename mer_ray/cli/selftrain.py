@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
-from mer_ray.cli.options import (add_grid_arg, add_recipe_args, add_run_args, add_seeds_arg,
-                                 check_run_args, device_of, grid_of, recipe_of)
+from mer_ray.cli.options import (
+    add_grid_arg,
+    add_recipe_args,
+    add_run_args,
+    add_seeds_arg,
+    check_run_args,
+    device_of,
+    grid_of,
+    recipe_of,
+)
 from mer_ray.errors import InputError
 from mer_ray.runs.run import absolute
 from mer_ray.train.presets import check_field

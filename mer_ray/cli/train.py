@@ -7,8 +7,16 @@ from __future__ import annotations
 import argparse
 import os
 
-from mer_ray.cli.options import (add_grid_arg, add_recipe_args, add_run_args, add_seeds_arg,
-                                 check_run_args, device_of, grid_of, recipe_of)
+from mer_ray.cli.options import (
+    add_grid_arg,
+    add_recipe_args,
+    add_run_args,
+    add_seeds_arg,
+    check_run_args,
+    device_of,
+    grid_of,
+    recipe_of,
+)
 from mer_ray.runs.preflight import preflight, replace_out
 from mer_ray.runs.run import absolute, read_config_members, record_run, train_grid_here
 
@@ -140,8 +148,15 @@ def cmd_tune(args):
 
 def cmd_search(args):
     from mer_ray.data.manifest import read_manifest
-    from mer_ray.search import (SPACE, best_trials, draw_settings, search_table, seed_spread,
-                                spread_lines, write_search_recipe)
+    from mer_ray.search import (
+        SPACE,
+        best_trials,
+        draw_settings,
+        search_table,
+        seed_spread,
+        spread_lines,
+        write_search_recipe,
+    )
 
     manifest = read_manifest(args.store)
     if args.seed is not None:  # the single-seed flag of earlier versions

@@ -25,8 +25,15 @@ from tqdm import tqdm
 from mer_ray.data.constants import MER2023, MER2023_FEATURES, PLACEHOLDER_EMOTION
 from mer_ray.data.dataset import NO_LABEL, TRAIN, Dataset, Split
 from mer_ray.data.features import feature_folders, load_feature
-from mer_ray.data.labels import (LabelRow, candidate_names, choose_classes, class_index,
-                                 is_no_valence, read_label_rows, row_valence)
+from mer_ray.data.labels import (
+    LabelRow,
+    candidate_names,
+    choose_classes,
+    class_index,
+    is_no_valence,
+    read_label_rows,
+    row_valence,
+)
 from mer_ray.data.store import check_output_path, write_store
 from mer_ray.errors import InputError
 

@@ -45,8 +45,15 @@ from mer_ray.data.constants import MER2023
 from mer_ray.data.dataset import MODALITIES, NO_LABEL, Dataset
 from mer_ray.data.manifest import FORMAT, MANIFEST_FILE, SAMPLES_FILE, read_manifest
 from mer_ray.errors import InputError
-from mer_ray.storage import (check_output_folder, exists, is_uri, join, resolve,
-                             storage_errors, write_bytes)
+from mer_ray.storage import (
+    check_output_folder,
+    exists,
+    is_uri,
+    join,
+    resolve,
+    storage_errors,
+    write_bytes,
+)
 
 
 @dataclass

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import os
 
-
-
 DASHBOARD_HOST = "127.0.0.1"
 
 

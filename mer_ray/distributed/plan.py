@@ -7,8 +7,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from mer_ray.errors import InputError
 from mer_ray.distributed.cluster import cluster_nodes
+from mer_ray.errors import InputError
 
 
 @dataclass(frozen=True)

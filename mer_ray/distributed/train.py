@@ -10,18 +10,19 @@ import math
 import os
 import sys
 
-from mer_ray.errors import RunStopped
+from mer_ray.data.store import read_store
 from mer_ray.distributed.cluster import cluster_nodes
 from mer_ray.distributed.plan import Plan, plan_lines, plan_workers, resources_text, worker_slots
+from mer_ray.errors import RunStopped
+from mer_ray.runs.driver import DriverState
 from mer_ray.runs.run import absolute, missing, pending_specs, setting_label, train_members
+from mer_ray.storage import join
+from mer_ray.train.presets import TrainConfig
 
 
 def _worker_loop(cfg: dict) -> None:
     """Runs on each Ray Train worker: train this worker's share of the missing members."""
     import ray.train
-
-    from mer_ray.data.store import read_store
-    from mer_ray.train.presets import TrainConfig
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -166,8 +167,6 @@ def train_alone(store_path: str, config, seeds, run: str, workers: int | None = 
                 gpus_per_worker: float = 0, pack_size: int = 10, log=print, **kw) -> int:
     """`mer-ray train` through Ray: the plan printed, the driver's state kept for
     `mer-ray status`, then train_with_ray."""
-    from mer_ray.runs.driver import DriverState
-
     nodes = cluster_nodes()
     plan = plan_workers(workers, gpus_per_worker, 1, nodes)
     for line in plan_lines(plan, 1, nodes):
@@ -202,8 +201,6 @@ def path_name(label: str) -> str:
 def ray_storage(run: str) -> str:
     """Ray Train / Tune bookkeeping beside the members (Ray needs an absolute path; a
     URI keeps its scheme and query)."""
-    from mer_ray.storage import join
-
     return join(absolute(run), "ray")
 
 

@@ -32,14 +32,25 @@ from __future__ import annotations
 
 import dataclasses
 
-from mer_ray.errors import RunStopped
+from ensembles.groups import trial_summary, trial_summary_keys
+from mer_ray.data.dataset import Dataset
+from mer_ray.data.manifest import read_manifest
 from mer_ray.distributed.cluster import AUTO_LOGGERS_ENV, cluster_nodes, restore_env, set_env
 from mer_ray.distributed.plan import Plan, plan_lines, plan_workers
-from mer_ray.distributed.train import (WAIT_FOR_CAPACITY_S, first_line, path_name, ray_storage,
-                                       train_with_ray)
-from mer_ray.runs.run import (read_config_members, record_run,
-                         setting_label, value_text)
-
+from mer_ray.distributed.train import (
+    WAIT_FOR_CAPACITY_S,
+    first_line,
+    path_name,
+    ray_storage,
+    train_with_ray,
+)
+from mer_ray.errors import RunStopped
+from mer_ray.runs.curves import TENSORBOARD_DIR
+from mer_ray.runs.driver import DriverState
+from mer_ray.runs.run import read_config_members, record_run, setting_label, value_text
+from mer_ray.runs.status import TrialWatch
+from mer_ray.storage import join
+from mer_ray.train.presets import TrainConfig
 
 # A Tune trial function only waits on its TorchTrainer: it holds no CPU (Tune refuses an
 # empty request, so it holds 1 MiB of Ray's memory resource instead).
@@ -51,9 +62,6 @@ REPORT_EVERY_S = 5.0
 
 
 def _tensorboard_dir(run: str) -> str:
-    from mer_ray.runs.curves import TENSORBOARD_DIR
-    from mer_ray.storage import join
-
     return join(run, TENSORBOARD_DIR)
 
 
@@ -64,12 +72,6 @@ def _trial(cfg: dict) -> None:
     import threading
 
     import ray.tune
-
-    from ensembles.groups import trial_summary, trial_summary_keys
-    from mer_ray.data.manifest import read_manifest
-    from mer_ray.data.dataset import Dataset
-    from mer_ray.train.presets import TrainConfig
-    from mer_ray.runs.status import TrialWatch
 
     config = TrainConfig(**cfg["config"]).replace(**cfg["setting"])
     run, seeds = cfg["run"], cfg["seeds"]
@@ -117,8 +119,6 @@ def _trial(cfg: dict) -> None:
 
 
 def _trial_config(trial):
-    from mer_ray.train.presets import TrainConfig
-
     return TrainConfig(**trial.config["config"]).replace(**trial.config["setting"])
 
 
@@ -193,8 +193,6 @@ def tune_grid(store_path: str, config, settings: list[dict], seeds, run: str,
     table every 30 s). Returns the ResultGrid."""
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
-
-    from mer_ray.runs.driver import DriverState
 
     nodes = cluster_nodes()
     plan = plan_workers(workers, gpus_per_worker, len(settings), nodes)

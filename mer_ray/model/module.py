@@ -3,7 +3,6 @@ conversion between one member of a pack (mer_ray/model/pack.py) and this module'
 
 from __future__ import annotations
 
-
 import torch
 from torch import nn
 

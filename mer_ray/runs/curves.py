@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 import struct
 import time
+
+from mer_ray.errors import StorageError
 from mer_ray.runs.progress import host_name
 from mer_ray.storage import is_uri, join, resolve, write_bytes
-from mer_ray.errors import StorageError
-
 
 TENSORBOARD_DIR = "tensorboard"
 

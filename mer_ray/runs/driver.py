@@ -8,10 +8,10 @@ import json
 import os
 import socket
 import time
+
+from mer_ray.errors import StorageError
 from mer_ray.runs.progress import host_name, progress_dir, read_records
 from mer_ray.storage import join, remove_quietly, write_bytes
-from mer_ray.errors import StorageError
-
 
 # ---------------------------------------------------------------- the Ray driver's view
 DRIVER_FORMAT = "mer-ray-driver/1"

@@ -44,10 +44,28 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mer_ray.errors import InputError
-from mer_ray.storage import (TMP_PREFIX, file_type, join, list_files, missing_bucket,
-                             parent_and_name, resolve, storage_errors, write_bytes)
-from mer_ray.train.result import (FORMAT, OLD_FORMAT, OOF, PARQUET, WEIGHTS, MemberResult,
-                                  SplitPredictions, _old_dataset)
+from mer_ray.model.weights import weights_bytes, write_weights
+from mer_ray.storage import (
+    TMP_PREFIX,
+    file_type,
+    join,
+    list_files,
+    missing_bucket,
+    parent_and_name,
+    resolve,
+    storage_errors,
+    write_bytes,
+)
+from mer_ray.train.result import (
+    FORMAT,
+    OLD_FORMAT,
+    OOF,
+    PARQUET,
+    WEIGHTS,
+    MemberResult,
+    SplitPredictions,
+    _old_dataset,
+)
 
 META_KEY = b"mer_ray.member"
 MEMBERS_DIR = "members"
@@ -104,8 +122,6 @@ def weights_path(member_file: str) -> str:
 def write_member(result: MemberResult, run) -> str:
     """Write a member: its weights first (where it has any), then its Parquet file, each
     atomically. Returns the Parquet file's location."""
-    from mer_ray.model.weights import weights_bytes, write_weights
-
     final = member_path(run, result.member_id)
     if result.weights is not None:
         meta = {"member_id": result.member_id, "config": result.config,

@@ -15,7 +15,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from mer_ray.data.store import read_store
 from mer_ray.errors import InputError
+from mer_ray.model.shape import ModelShape, layer_shapes
+from mer_ray.runs.run import read_run
 from mer_ray.storage import check_output_folder, file_type, is_uri, resolve
 
 # What a run folder may hold besides run.json; anything else means --out is not a run.
@@ -140,8 +143,6 @@ def _robust(config) -> bool:
 def check_memory(store, config, pack_size: int) -> None:
     """Refuse a pack whose weights and optimiser state cannot fit this machine's memory
     (an estimate from the layer shapes; activations at batch 32 are small next to it)."""
-    from mer_ray.model.shape import ModelShape, layer_shapes
-
     dims = tuple((m, store.feature(m, config.feature_of(m)).shape[1]) for m in store.modalities)
     shape = ModelShape(dims, config.hidden_dim, store.dataset.n_classes,
                        store.dataset.has_valence)
@@ -170,9 +171,6 @@ def preflight(store_location: str, configs, seeds, out: str, pack_size: int = 10
               overwrite: bool = False, local: bool = True, log=print) -> Preflight:
     """Everything checked before training (module docstring). `local`: the training runs
     on this machine (memory can be checked); a cluster's nodes are not known here."""
-    from mer_ray.data.store import read_store
-    from mer_ray.runs.run import read_run
-
     check_options(pack_size=pack_size)
     seeds, notes = check_seeds(list(seeds))
     notes += check_out(out, store_location, overwrite)

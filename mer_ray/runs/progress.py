@@ -35,6 +35,7 @@ import re
 import socket
 import sys
 import time
+
 from mer_ray.errors import StorageError
 from mer_ray.storage import is_uri, join, list_files, read_bytes, remove_quietly, write_bytes
 

@@ -28,10 +28,17 @@ import time
 from mer_ray.errors import InputError, StorageError
 from mer_ray.runs.curves import MemberCurves
 from mer_ray.runs.members import existing_member_ids, member_path, read_member, write_member
-from mer_ray.runs.progress import (LOG_EVERY, PackBar, PackPrinter, PackProgressFile,
-                                   remove_finished_progress)
-from mer_ray.train.result import member_id
+from mer_ray.runs.progress import (
+    LOG_EVERY,
+    PackBar,
+    PackPrinter,
+    PackProgressFile,
+    remove_finished_progress,
+)
+from mer_ray.runs.pseudo_labels import read_labels
 from mer_ray.storage import absolute, join, read_bytes, storage_errors, write_bytes
+from mer_ray.train.presets import TrainConfig, get_preset
+from mer_ray.train.result import member_id
 
 RUN_FORMAT = "mer-ray-run/2"
 RUN_FILE = "run.json"
@@ -57,8 +64,6 @@ def setting_label(config) -> str:
     """`robust_v3 warmup=40`: the preset, the warmup and each other field that differs
     from the preset. It names a Tune trial and its Train run the same on every start, and
     the same setting in the console, the progress files and `mer-ray status`."""
-    from mer_ray.train.presets import TrainConfig, get_preset
-
     try:
         preset = get_preset(config.preset).to_dict()
     except InputError:  # a custom preset name: compare with the base defaults
@@ -153,8 +158,6 @@ def train_members(store, config, specs, run, pack_size: int = 10, device: str = 
     data = TrainData(store, config, device) if packs else None
     pseudo = None
     if packs and config.pseudo_round > 0:  # a self-training round: its pseudo-labels
-        from mer_ray.runs.pseudo_labels import read_labels
-
         pseudo = read_labels(run, config, store)
     cfg = config.to_dict()
     for n, pack in enumerate(packs, 1):

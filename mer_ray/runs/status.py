@@ -22,11 +22,12 @@ import statistics
 import time
 
 from mer_ray.errors import InputError
-from mer_ray.runs.members import existing_member_ids, member_meta, member_path
-from mer_ray.train.result import member_id
-from mer_ray.runs.progress import eta_text, read_progress
 from mer_ray.runs.driver import HEARTBEAT_S, read_driver_states
+from mer_ray.runs.members import existing_member_ids, member_meta, member_path
+from mer_ray.runs.progress import eta_text, read_progress
 from mer_ray.runs.run import all_specs, read_run, setting_label
+from mer_ray.train.presets import TrainConfig
+from mer_ray.train.result import member_id
 
 STALE_MIN_S = 300.0
 STALE_EPOCHS = 10
@@ -86,95 +87,33 @@ def _member_view(meta: dict) -> dict:
 
 def run_status(run, now: float | None = None) -> dict:
     """Everything `mer-ray status` shows, as plain data (its --json output)."""
-    from mer_ray.train.presets import TrainConfig
-
     now = time.time() if now is None else now
     info = read_run(run)
     if not info:
         raise InputError(f"{run}: no run.json here; give a run folder made by `mer-ray "
                          "train`, `tune`, `search` or `demo`")
-    configs = []
-    for i, c in enumerate(info.get("configs", [])):
-        try:
-            configs.append(TrainConfig(**c))
-        except (TypeError, InputError) as e:
-            raise InputError(f"{run}/run.json: config {i + 1} is not one this mer-ray reads "
-                             f"({e}); read the run with the mer-ray that made it") from None
+    configs = _run_configs(run, info)
     recorded = info.get("seeds") or []
     complete = existing_member_ids(run)
-    metas = {}
-    for mid in sorted(complete):
-        meta = member_meta(member_path(run, mid))
-        if meta is not None:
-            metas[mid] = meta
+    metas = {mid: meta for mid in sorted(complete)
+             if (meta := member_meta(member_path(run, mid))) is not None}
     records = read_progress(run)
     for r in records:
         r["running"] = pack_running(r, now)
-    drivers = sorted(read_driver_states(run), key=lambda d: d.get("time", 0))
-    driven, stops = {}, {}  # the latest driver's word on each setting wins
-    for d in drivers:
-        live = driver_alive(d, now)
-        for label, entry in (d.get("settings") or {}).items():
-            driven.pop(label, None)
-            stops.pop(label, None)
-            if entry.get("state") == "stopped" and entry.get("reason"):
-                stops[label] = entry["reason"]
-            elif live:
-                driven[label] = entry.get("state")
+    driven, stops = _driver_words(read_driver_states(run), now)
     # a member in a running pack is in flight; in a stopped one (not saved) it is missing
     in_flight = {mid for r in records if r["running"]
                  for mid in r.get("members", {}) if mid not in complete}
     views, label_of = [], {}
     for i, config in enumerate(configs):
-        cfg = config.to_dict()
         seeds = sorted(recorded[i]) if i < len(recorded) and recorded[i] else []
-        seeds_recorded = bool(seeds)
-        mine = [m for m in metas.values() if m.get("config") == cfg]
-        if not seeds_recorded:  # an older run.json: the seeds its members show
-            seeds = sorted({int(m["seed"]) for m in mine}
-                           | {int(v["seed"]) for r in records
-                              for mid, v in r.get("members", {}).items()
-                              if member_id(cfg, v["fold"], v["seed"]) == mid})
-        specs = all_specs(config, seeds)
-        wanted = {member_id(cfg, f, s): (f, s) for f, s in specs}
-        label_of.update(dict.fromkeys(wanted, setting_label(config)))
-        members = sorted((_member_view(m) for m in mine if m["member_id"] in wanted),
-                         key=lambda v: (v["seed"], v["fold"]))
-        ok = [v for v in members if v["status"] == "ok"]
-        missing = [list(spec) for mid, spec in wanted.items() if mid not in complete]
-        flying = [list(spec) for mid, spec in wanted.items() if mid in in_flight]
-        views.append({
-            "label": setting_label(config), "config": cfg, "seeds": seeds,
-            "seeds_recorded": seeds_recorded, "epochs": config.epochs,
-            "expected": len(specs), "saved": len(members), "ok": len(ok),
-            "failed": [v for v in members if v["status"] != "ok"],
-            "in_flight": len(flying), "missing": missing,
-            "waiting": [s for s in missing if s not in flying],
-            "best_epochs": [v["best_epoch"] for v in ok],
-            "held_out": {k: _spread([v[k] for v in ok if v[k] is not None])
-                         for k in ("f1", "combined")},
-            "members": members,
-            "driver": driven.get(setting_label(config)),
-            "stopped_because": stops.get(setting_label(config)),
-        })
-    packs = []
-    for r in sorted(records, key=lambda r: (not r["running"], r.get("started", 0))):
-        states = r.get("members", {})
-        bests = [v["best"] for v in states.values() if v.get("best") is not None]
-        labels = {label_of[mid] for mid in states if mid in label_of}
-        packs.append({
-            "pack": r.get("pack"), "host": r.get("host"),
-            "setting": labels.pop() if len(labels) == 1 else r.get("setting"),
-            "pid": r.get("pid"), "running": r["running"], "members": len(states),
-            "training": sum(1 for v in states.values() if not v.get("done")),
-            "saved": sum(1 for mid in states if mid in complete),
-            "epoch": r.get("epoch"), "epochs": r.get("epochs"),
-            "seconds_per_epoch": r.get("seconds_per_epoch"), "metric": r.get("metric"),
-            "best": max(bests) if bests else None,
-            "updated_s_ago": max(0.0, now - float(r.get("time", now))),
-            "left_s": _pack_left_s(r) if r["running"] else None,
-            "location": r["location"],
-        })
+        view, wanted = _setting_view(config, seeds, metas, records, complete, in_flight)
+        view["driver"] = driven.get(view["label"])
+        view["stopped_because"] = stops.get(view["label"])
+        views.append(view)
+        label_of.update(dict.fromkeys(wanted, view["label"]))
+    packs = [_pack_view(r, label_of, complete, now)
+             for r in sorted(records, key=lambda r: (not r["running"], r.get("started", 0)))]
     packs = [p for p in packs if p["running"] or p["saved"] < p["members"]]
     running = [p for p in packs if p["running"]]
     expected = sum(v["expected"] for v in views)
@@ -192,6 +131,84 @@ def run_status(run, now: float | None = None) -> dict:
             "resume": [{"label": v["label"], "missing": v["missing"]}
                        for v in views if v["missing"]]
             if state in ("stopped", "not started") else []}
+
+
+def _run_configs(run, info: dict) -> list[TrainConfig]:
+    configs = []
+    for i, c in enumerate(info.get("configs", [])):
+        try:
+            configs.append(TrainConfig(**c))
+        except (TypeError, InputError) as e:
+            raise InputError(f"{run}/run.json: config {i + 1} is not one this mer-ray reads "
+                             f"({e}); read the run with the mer-ray that made it") from None
+    return configs
+
+
+def _driver_words(drivers: list[dict], now: float) -> tuple[dict, dict]:
+    """(setting label -> state of a live driver, setting label -> why it stopped); the
+    latest driver's word on each setting wins."""
+    driven, stops = {}, {}
+    for d in sorted(drivers, key=lambda d: d.get("time", 0)):
+        live = driver_alive(d, now)
+        for label, entry in (d.get("settings") or {}).items():
+            driven.pop(label, None)
+            stops.pop(label, None)
+            if entry.get("state") == "stopped" and entry.get("reason"):
+                stops[label] = entry["reason"]
+            elif live:
+                driven[label] = entry.get("state")
+    return driven, stops
+
+
+def _setting_view(config, seeds, metas, records, complete, in_flight) -> tuple[dict, dict]:
+    """One setting's members: expected, saved, failed, in flight, missing; and the
+    member ids it wants."""
+    cfg = config.to_dict()
+    seeds_recorded = bool(seeds)
+    mine = [m for m in metas.values() if m.get("config") == cfg]
+    if not seeds_recorded:  # an older run.json: the seeds its members show
+        seeds = sorted({int(m["seed"]) for m in mine}
+                       | {int(v["seed"]) for r in records
+                          for mid, v in r.get("members", {}).items()
+                          if member_id(cfg, v["fold"], v["seed"]) == mid})
+    specs = all_specs(config, seeds)
+    wanted = {member_id(cfg, f, s): (f, s) for f, s in specs}
+    members = sorted((_member_view(m) for m in mine if m["member_id"] in wanted),
+                     key=lambda v: (v["seed"], v["fold"]))
+    ok = [v for v in members if v["status"] == "ok"]
+    missing = [list(spec) for mid, spec in wanted.items() if mid not in complete]
+    flying = [list(spec) for mid, spec in wanted.items() if mid in in_flight]
+    return {
+        "label": setting_label(config), "config": cfg, "seeds": seeds,
+        "seeds_recorded": seeds_recorded, "epochs": config.epochs,
+        "expected": len(specs), "saved": len(members), "ok": len(ok),
+        "failed": [v for v in members if v["status"] != "ok"],
+        "in_flight": len(flying), "missing": missing,
+        "waiting": [s for s in missing if s not in flying],
+        "best_epochs": [v["best_epoch"] for v in ok],
+        "held_out": {k: _spread([v[k] for v in ok if v[k] is not None])
+                     for k in ("f1", "combined")},
+        "members": members,
+    }, wanted
+
+
+def _pack_view(record: dict, label_of: dict, complete: set, now: float) -> dict:
+    states = record.get("members", {})
+    bests = [v["best"] for v in states.values() if v.get("best") is not None]
+    labels = {label_of[mid] for mid in states if mid in label_of}
+    return {
+        "pack": record.get("pack"), "host": record.get("host"),
+        "setting": labels.pop() if len(labels) == 1 else record.get("setting"),
+        "pid": record.get("pid"), "running": record["running"], "members": len(states),
+        "training": sum(1 for v in states.values() if not v.get("done")),
+        "saved": sum(1 for mid in states if mid in complete),
+        "epoch": record.get("epoch"), "epochs": record.get("epochs"),
+        "seconds_per_epoch": record.get("seconds_per_epoch"), "metric": record.get("metric"),
+        "best": max(bests) if bests else None,
+        "updated_s_ago": max(0.0, now - float(record.get("time", now))),
+        "left_s": _pack_left_s(record) if record["running"] else None,
+        "location": record["location"],
+    }
 
 
 def _spread(values: list[float]) -> dict | None:

@@ -38,10 +38,22 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ensembles.groups import trial_summary
+from ensembles.prior import class_prior, estimate_prior
+from ensembles.strategies import softmax
 from mer_ray.errors import InputError
-from mer_ray.runs.pseudo_labels import (ALL_FOLDS, FORMAT, RoundLabels, labels_file, labels_meta,
-                                        write_labels)
+from mer_ray.predict import Predictor
+from mer_ray.runs.pseudo_labels import (
+    ALL_FOLDS,
+    FORMAT,
+    RoundLabels,
+    labels_file,
+    labels_meta,
+    write_labels,
+)
+from mer_ray.runs.run import read_config_members
 from mer_ray.storage import exists
+from mer_ray.train.presets import PSEUDO_FIELDS, TrainConfig
 
 LABEL_CHUNK = 8192  # pool rows labelled at a time: memory stays bounded by the chunk
 
@@ -49,8 +61,6 @@ LABEL_CHUNK = 8192  # pool rows labelled at a time: memory stays bounded by the 
 def teacher_config(config):
     """The config of the round before: round 0 is the plain recipe (every self-training
     field at its default, so an existing run's members are the teachers)."""
-    from mer_ray.train.presets import PSEUDO_FIELDS, TrainConfig
-
     if config.pseudo_round <= 0:
         raise InputError("round 0 has no teachers")
     if config.pseudo_round == 1:
@@ -94,9 +104,6 @@ def teacher_votes(store, teachers_by_fold: dict, rows: np.ndarray, device: str =
     The rows go through in chunks of `chunk` (their features gathered one chunk at a
     time), so memory is bounded by the chunk and the per-fold sums, not the pool."""
     from tqdm import tqdm
-
-    from ensembles.strategies import softmax
-    from mer_ray.predict import Predictor
 
     members = [m for ms in teachers_by_fold.values() for m in ms]
     predictor = Predictor.from_members(members, device=device)
@@ -166,8 +173,6 @@ def capped_counts(available: np.ndarray, max_share: np.ndarray) -> np.ndarray:
 def make_labels(store, config, teachers_by_fold: dict, device: str = "cpu",
                 progress: bool = False) -> RoundLabels:
     """Label the candidates with round r-1's members and select, per teacher fold."""
-    from ensembles.prior import class_prior, estimate_prior
-
     t0 = time.perf_counter()
     dataset = store.dataset
     splits = candidate_splits(dataset, config)
@@ -229,8 +234,6 @@ def ensure_labels(run, store, config, seeds, device: str = "cpu", log=print,
                   progress: bool = False) -> str:
     """The table of a round >= 1 config: made from round r-1's saved members unless it
     exists (a resumed run keeps the labels its students already learnt from)."""
-    from mer_ray.runs.run import read_config_members
-
     location = labels_file(run, config)
     if exists(location) and labels_meta(location) is not None:
         return location
@@ -259,6 +262,4 @@ def ensure_labels(run, store, config, seeds, device: str = "cpu", log=print,
 def round_scores(members) -> dict:
     """Out-of-fold score of a round's members: the mean over seeds of each seed's
     fold-averaged model (what `mer-ray tune` prints as cv)."""
-    from ensembles.groups import trial_summary
-
     return trial_summary(members) if members else {}

@@ -23,8 +23,16 @@ import json
 import time
 from dataclasses import dataclass, field
 
+from ensembles.groups import trial_summary, trial_table
+from mer_ray.distributed.cluster import connect, disconnect
+from mer_ray.distributed.train import train_alone
+from mer_ray.distributed.tune import tune_grid
 from mer_ray.errors import InputError
-from mer_ray.storage import join, write_bytes, storage_errors
+from mer_ray.runs.preflight import preflight, replace_out
+from mer_ray.runs.pseudo_labels import labels_meta
+from mer_ray.runs.run import read_config_members, record_run, setting_label, train_grid_here
+from mer_ray.selftrain.pseudo import candidate_splits, ensure_labels
+from mer_ray.storage import join, storage_errors, write_bytes
 
 SUMMARY_FILE = "selftrain.json"
 
@@ -77,12 +85,6 @@ def selftrain(store_location: str, out: str, config, settings: list[dict], seeds
     the store (it must have a pool to label), every round's recipe, --out. `all_rounds`:
     train every round even where the out-of-fold score did not improve (to see them all;
     the round chosen is still the best on out-of-fold)."""
-    from ensembles.groups import trial_summary
-    from mer_ray.runs.preflight import preflight, replace_out
-    from mer_ray.runs.pseudo_labels import labels_meta
-    from mer_ray.selftrain.pseudo import candidate_splits, ensure_labels
-    from mer_ray.runs.run import read_config_members, record_run
-
     if isinstance(rounds, bool) or not isinstance(rounds, int) or not 1 <= rounds <= 100:
         raise InputError(f"--rounds {rounds!r}: expected an integer in [1, 100]")
     chains = [config.replace(**s) for s in settings]
@@ -99,8 +101,6 @@ def selftrain(store_location: str, out: str, config, settings: list[dict], seeds
 
     ray_started = False
     if not training.no_ray:
-        from mer_ray.distributed.cluster import connect, disconnect
-
         ray_started = connect(address)
     history: list[RoundRecord] = []
     best = {i: float("-inf") for i in range(len(chains))}
@@ -149,8 +149,6 @@ def selftrain(store_location: str, out: str, config, settings: list[dict], seeds
                 break
     finally:
         if ray_started:
-            from mer_ray.distributed.cluster import connect, disconnect
-
             disconnect()
     _write_summary(out, history, rounds)
     log(final_lines(out, history))
@@ -158,23 +156,17 @@ def selftrain(store_location: str, out: str, config, settings: list[dict], seeds
 
 
 def _label(config) -> str:
-    from mer_ray.runs.run import setting_label
-
     return setting_label(config)
 
 
 def _train_round(store, store_location, out, configs: dict, settings, seeds, training, log):
     """One round's configs, trained as `train` (one setting) or `tune` (a grid) would."""
-    from mer_ray.runs.run import train_grid_here
-
     if training.no_ray:
         for c in configs.values():
             train_grid_here(store, store_location, c, [{}], seeds, out, training.pack_size,
                             training.device, log=log, log_every=training.log_every,
                             tensorboard=training.tensorboard, bar=training.bar)
         return
-    from mer_ray.distributed.train import train_alone
-    from mer_ray.distributed.tune import tune_grid
 
     if len(configs) == 1:
         train_alone(store_location, next(iter(configs.values())), seeds, out,
@@ -193,8 +185,6 @@ def _train_round(store, store_location, out, configs: dict, settings, seeds, tra
 
 def round_table(records: list[RoundRecord]) -> str:
     """One line per setting of a round: cv and held-out scores, pseudo-labels per class."""
-    from ensembles.groups import trial_table
-
     rows = [({"round": h.round, **h.setting}, h.scores) for h in records]
     text = trial_table(rows)
     for h in records:

@@ -3,15 +3,13 @@ fold, test splits, masked modalities), and the MemberResults a finished pack ret
 
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 
 from mer_ray.model import pack
-from mer_ray.train.result import MemberResult, SplitPredictions, mask_key, mask_sets
 from mer_ray.train.metrics import score
+from mer_ray.train.result import MemberResult, SplitPredictions, mask_key, mask_sets
 from mer_ray.train.train_data import TrainData
-
 
 EVAL_CHUNK = 1024
 

@@ -8,7 +8,6 @@ import contextlib
 import torch
 
 
-
 def flush_denormals() -> None:
     """Flush denormal floats to zero (FTZ/DAZ) on the CPU.
 

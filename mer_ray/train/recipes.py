@@ -29,6 +29,7 @@ import yaml
 
 from mer_ray.errors import InputError
 from mer_ray.storage import read_bytes, storage_errors, write_bytes
+from mer_ray.train.presets import PRESETS, RULES, check_field, field_value, get_preset
 
 FORMAT = "mer-ray-recipe/1"
 KEYS = ("format", "base", "name", "fields", "chosen_on")
@@ -37,8 +38,6 @@ RECIPE_FILE = "recipe.yaml"  # what `mer-ray search` writes into its run
 
 def recipe_text(config, base: str, chosen_on: dict, comment: str = "") -> str:
     """The YAML of `config` as the fields that differ from preset `base`."""
-    from mer_ray.train.presets import get_preset
-
     reference = get_preset(base).to_dict()
     fields = {k: v for k, v in config.to_dict().items()
               if k != "preset" and v != reference.get(k)}
@@ -56,8 +55,6 @@ def write_recipe(location: str, config, base: str, chosen_on: dict, comment: str
 
 def read_recipe(location: str):
     """(TrainConfig, the file's dict) of a recipe file; InputError naming what is wrong."""
-    from mer_ray.train.presets import PRESETS, RULES, check_field, field_value
-
     try:
         with storage_errors(location, "reading"):
             raw = read_bytes(location)

@@ -34,16 +34,15 @@ import torch
 import torch.nn.functional as F
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
-from mer_ray.train.folds import make_folds
-from mer_ray.train.masks import PackRandom, member_key
-from mer_ray.train.metrics import score
 from mer_ray.model.module import AttentionModel
-from mer_ray.model.weights import to_state_dict
 from mer_ray.model.pack import init_member
 from mer_ray.model.shape import ModelShape
-from mer_ray.train.trainer import contrastive_loss
+from mer_ray.model.weights import to_state_dict
+from mer_ray.train.folds import make_folds
+from mer_ray.train.masks import PackRandom, member_generator, member_key
+from mer_ray.train.metrics import score
 from mer_ray.train.train_data import TrainData
-from mer_ray.train.masks import member_generator
+from mer_ray.train.trainer import contrastive_loss
 
 
 # ---------------------------------------------------------------- the recipe, one member

@@ -42,16 +42,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mer_ray.model import pack
 from mer_ray.errors import InputError
-from mer_ray.train.folds import make_folds
+from mer_ray.model import pack
 from mer_ray.train.evaluate import member_results, predict_pack
+from mer_ray.train.folds import make_folds
 from mer_ray.train.masks import PackRandom, member_generator, member_key
-from mer_ray.train.numerics import (flush_denormals, keep_freed_memory, matmul_precision,
-                                    precision_context)
-from mer_ray.train.result import MemberResult, member_id
 from mer_ray.train.metrics import score
+from mer_ray.train.numerics import (
+    flush_denormals,
+    keep_freed_memory,
+    matmul_precision,
+    precision_context,
+)
 from mer_ray.train.pack_adam import PackAdam, clip_per_member
+from mer_ray.train.result import MemberResult, member_id
 from mer_ray.train.train_data import TrainData, class_weights, feature_std
 
 PLATEAU_THRESHOLD = 1e-4  # torch ReduceLROnPlateau default (rel)
