@@ -12,8 +12,9 @@ Strategies (each gives one non-negative weight per group, summing to 1):
   out-of-fold predictions: start from the n groups best on their own (n chosen on oof,
   the paper's sorted initialisation), each round add the group whose
   addition gives the highest oof combined metric (F1 - 0.25 MSE; F1 without valence)
-  of the bag's mean logits, stop after `GREEDY_ROUNDS` rounds or when no group improves it; ties go to
-  the earlier group (groups are in `make_groups` order). Weights = times chosen / bag size.
+  of the bag's mean logits, stop after `GREEDY_ROUNDS` rounds or when no group improves
+  it; ties go to the earlier group (groups are in `make_groups` order). Weights = times
+  chosen / bag size.
 
 Valence (where the models predict it) is always the same weighted mean of the groups'
 valence predictions. The cv row of an ensemble is its oof predictions combined with

@@ -92,7 +92,8 @@ def _to_table(result: MemberResult) -> pa.Table:
         "name": pa.array([str(n) for p in preds for n in p.names], pa.string()),
         "label": pa.array(np.where(label < 0, 0, label), pa.int16(), mask=label < 0),
         "valence_label": pa.array(vl, pa.float32(), mask=np.isnan(vl)),
-        "logits": _fixed_size_lists([p.logits for p in preds] or [np.zeros((0, n_classes))], n_classes),
+        "logits": _fixed_size_lists([p.logits for p in preds] or [np.zeros((0, n_classes))],
+                                    n_classes),
     }
     if with_valence:
         arrays["valence"] = pa.array(np.concatenate([p.valence for p in preds]), pa.float32())

@@ -13,10 +13,11 @@ Selection, per teacher fold, from the teachers' mean probability p(c | x):
   teachers must have that class as their own argmax;
 - a sample is kept where its class's probability reaches `pseudo_threshold`, or (with
   `pseudo_top_k` k) the k most confident samples of each class are kept;
-- `pseudo_cap` c: no class fills more than c x its prior share of what is kept (the
-  most confident of each class are kept, as many as that allows), so a majority class
-  the teachers are sure of cannot flood the students; the prior is train's, or with `pseudo_prior=em` the pool's own, estimated
-  by EM from the teachers' probabilities (ensembles.prior).
+- `pseudo_cap` c: no class fills more than c x its prior share of what is kept (the most
+  confident of each class are kept, as many as that allows), so a majority class the
+  teachers are sure of cannot flood the students; the prior is train's, or with
+  `pseudo_prior=em` the pool's own, estimated by EM from the teachers' probabilities
+  (ensembles.prior).
 
 Each (setting, round) has one table, written once and read by every student of it:
 

@@ -190,8 +190,8 @@ def train_pack(store, config, specs, device: str = "cpu", on_epoch=None, data=No
                pseudo=None) -> list[MemberResult]:
     """Train members (fold, seed) of one config together; returns their MemberResults
     in the order of `specs`. `data` (TrainData) may be passed to share it between packs.
-    `pseudo` (mer_ray.runs.pseudo_labels.PseudoLabels): the pseudo-labelled rows each fold's members
-    add to their training rows (a self-training round >= 1)."""
+    `pseudo` (mer_ray.runs.pseudo_labels.PseudoLabels): the pseudo-labelled rows each
+    fold's members add to their training rows (a self-training round >= 1)."""
     keep_freed_memory()
     flush_denormals()
     device = torch.device(device)
@@ -201,25 +201,10 @@ def train_pack(store, config, specs, device: str = "cpu", on_epoch=None, data=No
         raise InputError(f"pseudo_round={config.pseudo_round}: a self-training round needs "
                          "the pseudo-labels of the round before; run it with `mer-ray "
                          "selftrain`")
-    folds = make_folds(store.emotion[data.train_rows], config.n_folds, config.fold_seed)
-    members = [_Member(fold, seed, data.train_rows[folds[fold][0]],
-                       data.train_rows[folds[fold][1]], config,
-                       None if pseudo is None else pseudo.for_fold(fold))
-               for fold, seed in specs]
     labels = np.maximum(store.emotion, 0)
-    for m in members:
-        m.class_count = np.bincount(labels[m.train_idx], minlength=shape.n_classes)
-        m.class_weight = (class_weights(labels[m.train_idx], shape.n_classes)
-                          if config.class_weights == "balanced" else None)
+    members = _pack_members(data, config, specs, labels, pseudo)
     soft = config.pseudo_targets == "soft" and pseudo is not None
-    try:
-        params = pack.stack([pack.init_member(shape, m.g) for m in members])
-        params = {n: p.to(device).requires_grad_(True) for n, p in params.items()}
-        opt = PackAdam(params, [config.lr] * len(members), config.weight_decay)
-    except (RuntimeError, MemoryError) as e:  # e.g. a hidden size that cannot be allocated
-        raise InputError(f"cannot allocate {len(members)} member(s) of hidden_dim "
-                         f"{config.hidden_dim} on {device} ({str(e).splitlines()[0]}); "
-                         "lower hidden_dim or --pack-size") from None
+    params, opt = _init_pack(shape, members, config, device)
     live = list(members)  # members in the pack, in slice order
     bs, n_mod = config.batch_size, len(shape.dims)
     widths = [d for _, d in shape.dims] + [n_mod * config.hidden_dim]
@@ -296,6 +281,34 @@ def train_pack(store, config, specs, device: str = "cpu", on_epoch=None, data=No
             if noise_std is not None and len(live) < k:  # members left: their rows go too
                 noise_std = feature_std(data, live)
     return member_results(data, config, members)
+
+
+def _init_pack(shape, members, config, device) -> tuple[dict, PackAdam]:
+    """The members' initial weights, stacked on the device, and their optimiser."""
+    try:
+        params = pack.stack([pack.init_member(shape, m.g) for m in members])
+        params = {n: p.to(device).requires_grad_(True) for n, p in params.items()}
+        return params, PackAdam(params, [config.lr] * len(members), config.weight_decay)
+    except (RuntimeError, MemoryError) as e:  # e.g. a hidden size that cannot be allocated
+        raise InputError(f"cannot allocate {len(members)} member(s) of hidden_dim "
+                         f"{config.hidden_dim} on {device} ({str(e).splitlines()[0]}); "
+                         "lower hidden_dim or --pack-size") from None
+
+
+def _pack_members(data, config, specs, labels: np.ndarray, pseudo) -> list[_Member]:
+    """Each (fold, seed): its training and held-out rows, its pseudo-labels, its class
+    counts and (with class_weights=balanced) weights."""
+    folds = make_folds(data.store.emotion[data.train_rows], config.n_folds, config.fold_seed)
+    members = [_Member(fold, seed, data.train_rows[folds[fold][0]],
+                       data.train_rows[folds[fold][1]], config,
+                       None if pseudo is None else pseudo.for_fold(fold))
+               for fold, seed in specs]
+    n_classes = data.shape.n_classes
+    for m in members:
+        m.class_count = np.bincount(labels[m.train_idx], minlength=n_classes)
+        m.class_weight = (class_weights(labels[m.train_idx], n_classes)
+                          if config.class_weights == "balanced" else None)
+    return members
 
 
 def _end_of_epoch(data, config, epoch, live, params, opt, rand, loss_mean, t0, pack_size,
