@@ -2,13 +2,16 @@
 
 Modules, one job each:
 
-- `load`        load members of one or more runs, `--where` filter (`where`), refusals
+- `load`        load members of one or more runs, refusals
+- `where`       the `--where` filter over config fields, seed and fold
 - `groups`      MERTools protocol: fold-average each (config, seed); `seed_table`
 - `strategies`  combine groups: mean, prob, weighted, greedy
 - `tables`      per-split scores and the MERTools-style table
+- `prior`       the class prior of unlabelled samples, estimated by EM; the prior shift
 - `score`       `mer-ray ensemble score`: evaluation and its output files
 - `robustness`  masked-modality scores and feature shift
 - `report`      `mer-ray report`: PNGs + one HTML page (matplotlib, optional)
+- `output`      writing an output folder (local or URI) whole
 - `cli`         `add_ensemble_parser` / `add_report_parser` add the commands to `mer-ray`
 
 The names below load on first use, so `import ensembles` (and `mer-ray --help`) stays

@@ -3,7 +3,7 @@
 Every file is first rendered to bytes in memory by the caller, then written into a
 temporary sibling folder, then moved into place: the whole folder in one rename when
 it does not exist yet, otherwise file by file (each move replaces one file whole).
-Works for local paths and pyarrow filesystem URIs (via `mer_ray.runs.members.resolve`).
+Works for local paths and pyarrow filesystem URIs (via `mer_ray.storage.resolve`).
 """
 
 from __future__ import annotations

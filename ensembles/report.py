@@ -346,8 +346,8 @@ def load_store_for(run: str, store_arg: str | None, content_hash: str | None):
     if store_arg:
         store = read_store(store_arg)
         if content_hash and store.content_hash != content_hash:
-            raise InputError(f"--store {store_arg}: content hash {store.content_hash} is not "
-                             f"the one the members were trained on ({content_hash})")
+            raise InputError(f"{store_arg}: content hash {store.content_hash} is not "
+                             f"the one the members were trained on ({content_hash})", param="store")
         return store, None
     path = run_info(run).get("store")
     if not path:

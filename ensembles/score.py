@@ -114,13 +114,13 @@ def prior_shifts(ev: Evaluation, prior_shift: str = "none", splits=None) -> dict
     become log-probabilities, so argmax, softmax and the submission follow) and the
     labelled ones re-scored. Returns {split: PriorShift}."""
     if prior_shift not in PRIOR_SHIFTS:
-        raise InputError(f"--prior-shift {prior_shift!r}: choose one of "
-                         f"{', '.join(PRIOR_SHIFTS)}")
+        raise InputError(f"{prior_shift!r}: choose one of "
+                         f"{', '.join(PRIOR_SHIFTS)}", param="prior_shift")
     have = ev.test_splits
     for name in splits or ():
         if name not in have:
-            raise InputError(f"--prior-split {name}: not in the run's predictions (its test "
-                             f"splits: {', '.join(have) or 'none'})")
+            raise InputError(f"{name}: not in the run's predictions (its test "
+                             f"splits: {', '.join(have) or 'none'})", param="prior_splits")
     wanted = list(splits) if splits else [
         x for x in have if prior_shift == "em" or x in ev.dataset.unlabelled_splits]
     train = class_prior(ev.ensemble.predictions[OOF].label, len(ev.classes))

@@ -227,7 +227,7 @@ def group_weights(members, strategy: str = "mean") -> dict[str, float]:
     fitted on their stored out-of-fold predictions (weighted, greedy) or uniform, which
     needs no prediction read."""
     if strategy not in STRATEGIES:
-        raise InputError(f"--strategy {strategy!r}: choose one of {', '.join(STRATEGIES)}")
+        raise InputError(f"{strategy!r}: choose one of {', '.join(STRATEGIES)}", param="strategy")
     if strategy in ("weighted", "greedy"):
         groups = make_groups(members)
         return {g.label: float(w) for g, w in zip(groups, combine(groups, strategy).weights)}
@@ -253,7 +253,7 @@ def mix_groups(groups: list[tuple[float, list[tuple]]], strategy: str = "mean"):
 def combine(groups: list[Group], strategy: str = "mean") -> Ensemble:
     """Weights per group and the combined predictions of every split."""
     if strategy not in STRATEGIES:
-        raise InputError(f"--strategy {strategy!r}: choose one of {', '.join(STRATEGIES)}")
+        raise InputError(f"{strategy!r}: choose one of {', '.join(STRATEGIES)}", param="strategy")
     if not groups:
         raise InputError("no group to combine")
     parts, notes = align(groups)

@@ -47,7 +47,7 @@ def _tokens(text: str) -> list[tuple[str, str]]:
     while pos < len(text):
         m = _TOKEN.match(text, pos)
         if not m or m.end() == pos:
-            raise InputError(f"--where {text!r}: cannot read {text[pos:].strip()!r}")
+            raise InputError(f"{text!r}: cannot read {text[pos:].strip()!r}", param="where")
         kind = m.lastgroup
         out.append((kind, m.group(kind)))
         pos = m.end()
@@ -63,40 +63,40 @@ def _literal(kind: str, tok: str, text: str):
     if kind == "word":
         low = tok.lower()
         return {"none": None, "null": None, "true": True, "false": False}.get(low, tok)
-    raise InputError(f"--where {text!r}: expected a value, got {tok!r}")
+    raise InputError(f"{text!r}: expected a value, got {tok!r}", param="where")
 
 
 def parse(text: str) -> list[Clause]:
     """Parse an expression into clauses (all must hold). Bad syntax -> InputError."""
     toks = _tokens(text)
     if not toks:
-        raise InputError("--where: empty expression; e.g. --where 'warmup in (30,40)'")
+        raise InputError(": empty expression; e.g. --where 'warmup in (30,40)'", param="where")
     clauses, i = [], 0
 
     def take():
         nonlocal i
         if i >= len(toks):
-            raise InputError(f"--where {text!r}: expression ends too early")
+            raise InputError(f"{text!r}: expression ends too early", param="where")
         i += 1
         return toks[i - 1]
 
     while True:
         kind, field = take()
         if kind != "word":
-            raise InputError(f"--where {text!r}: expected a field name, got {field!r}")
+            raise InputError(f"{text!r}: expected a field name, got {field!r}", param="where")
         kind, op = take()
         if kind == "word" and op == "not":
             kind, nxt = take()
             if nxt != "in":
-                raise InputError(f"--where {text!r}: expected 'in' after 'not', got {nxt!r}")
+                raise InputError(f"{text!r}: expected 'in' after 'not', got {nxt!r}", param="where")
             op = "not in"
         elif kind == "word" and op == "in":
             pass
         elif kind != "op":
-            raise InputError(f"--where {text!r}: expected an operator after {field!r}, got {op!r}")
+            raise InputError(f"{text!r}: expected an operator after {field!r}, got {op!r}", param="where")
         if op in ("in", "not in"):
             if take()[1] != "(":
-                raise InputError(f"--where {text!r}: expected '(' after {op!r}")
+                raise InputError(f"{text!r}: expected '(' after {op!r}", param="where")
             values = []
             while True:
                 values.append(_literal(*take(), text))
@@ -104,7 +104,7 @@ def parse(text: str) -> list[Clause]:
                 if sep == ")":
                     break
                 if sep != ",":
-                    raise InputError(f"--where {text!r}: expected ',' or ')', got {sep!r}")
+                    raise InputError(f"{text!r}: expected ',' or ')', got {sep!r}", param="where")
             value = tuple(values)
         else:
             value = _literal(*take(), text)
@@ -113,7 +113,7 @@ def parse(text: str) -> list[Clause]:
             return clauses
         kind, joiner = take()
         if joiner != "and":
-            raise InputError(f"--where {text!r}: expected 'and' between clauses, got {joiner!r}")
+            raise InputError(f"{text!r}: expected 'and' between clauses, got {joiner!r}", param="where")
 
 
 def _is_number(x) -> bool:
@@ -160,7 +160,7 @@ def check_fields(clauses: list[Clause], known: set[str], text: str) -> None:
                 f"--where {text!r}: unknown field {c.field!r}; fields: {', '.join(sorted(known))}"
             )
         if c.op in _ORDER_OPS and not _is_number(c.value):
-            raise InputError(f"--where {text!r}: {c.field} {c.op} needs a number, got {c.value!r}")
+            raise InputError(f"{text!r}: {c.field} {c.op} needs a number, got {c.value!r}", param="where")
 
 
 def matches(clauses: list[Clause], fields: dict) -> bool:

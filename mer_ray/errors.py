@@ -12,9 +12,25 @@
 
 
 class InputError(Exception):
-    """Bad user input: message names the file/sample/field and the fix."""
+    """Bad user input: message names the file/sample/field and the fix.
+
+    `param`: the parameter whose value was wrong. The message then starts with it, named
+    as its caller calls it: the Python parameter by default (`scale 2.0: expected a
+    fraction in (0, 1]`), the flag where the command line names it through `named`
+    (`--scale 2.0: ...`). So each rule is written once, in the library."""
 
     exit_code = 2
+
+    def __init__(self, message: str = "", param: str | None = None):
+        self.param, self.detail = param, message
+        super().__init__(self.named())
+
+    def named(self, names: dict | None = None) -> str:
+        """The message with `param` named as `names` (parameter -> name) says."""
+        if self.param is None:
+            return self.detail
+        name = (names or {}).get(self.param, self.param)
+        return name + ("" if self.detail.startswith(":") else " ") + self.detail
 
 
 class StorageError(Exception):

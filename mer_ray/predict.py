@@ -143,24 +143,24 @@ class Predictor:
             out.setdefault(mod, []).append(feat)
         return out
 
-    def predict_features(self, folder, missing: str = "error", candidates=None,
+    def predict_features(self, features, missing: str = "error", candidates=None,
                          progress: bool = True) -> Prediction:
-        """Predict a MERTools feature folder: FOLDER/<feature-name>/<sample>.npy for every
+        """Predict a MERTools feature folder: FEATURES/<feature-name>/<sample>.npy for every
         feature the members use. Samples: `candidates` (names, in that order) or every
         name found, sorted."""
         from tqdm import tqdm
 
         t0 = time.perf_counter()
-        root = Path(folder)
+        root = Path(features)
         if not root.is_dir():
-            raise InputError(f"--features {root}: not a folder")
+            raise InputError(f"{root}: not a folder", param="features")
         have = sorted(p.name for p in root.iterdir() if p.is_dir())
         files = {}
         for (mod, feat) in self.features:
             if not (root / feat).is_dir():
-                raise InputError(f"--features {root}: no folder {feat} ({mod} feature the "
+                raise InputError(f"{root}: no folder {feat} ({mod} feature the "
                                  f"run's members were trained on); found "
-                                 f"{', '.join(have) or 'none'}")
+                                 f"{', '.join(have) or 'none'}", param="features")
             files[(mod, feat)] = {e.name[:-4] for e in os.scandir(root / feat)
                                   if e.name.endswith(".npy")}
         if candidates is not None:
@@ -168,8 +168,8 @@ class Predictor:
         else:
             names = sorted(set().union(*files.values()))
         if not names:
-            raise InputError(f"--features {root}: no .npy files in "
-                             f"{', '.join(f for _, f in files)}")
+            raise InputError(f"{root}: no .npy files in "
+                             f"{', '.join(f for _, f in files)}", param="features")
         present = {key: np.array([n in got for n in names]) for key, got in files.items()}
         self._check_missing(present, names, missing, root)
         arrays = {}
@@ -193,7 +193,7 @@ class Predictor:
 
     def _check_missing(self, present, names, missing, where):
         if missing not in ("error", "zero"):
-            raise InputError(f"--missing {missing!r}: choose error or zero")
+            raise InputError(f"{missing!r}: choose error or zero", param="missing")
         for (mod, feat), p in present.items():
             lacking = int((~p).sum())
             if lacking and missing == "error":
@@ -211,8 +211,8 @@ class Predictor:
                 raise InputError(f"{store.location}: give --split (one of {', '.join(tests)})")
             split = tests[0]
         if split not in [s.name for s in store.dataset.splits]:
-            raise InputError(f"--split {split}: {store.location} has splits "
-                             f"{', '.join(s.name for s in store.dataset.splits)}")
+            raise InputError(f"{split}: {store.location} has splits "
+                             f"{', '.join(s.name for s in store.dataset.splits)}", param="split")
         rows = store.rows(split)
         arrays, present = {}, {}
         for (mod, feat), dim in self.features.items():

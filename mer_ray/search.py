@@ -63,24 +63,24 @@ SPACE = (
 )
 
 
-def draw_settings(n: int, search_seed: int = 0, space=SPACE, modalities=None) -> list[dict]:
-    """n recipe settings drawn from `space` (deterministic for a seed; duplicates are
+def draw_settings(trials: int, search_seed: int = 0, space=SPACE, modalities=None) -> list[dict]:
+    """`trials` recipe settings drawn from `space` (deterministic for a seed; duplicates are
     drawn again). Dimensions of modalities the store lacks are left out."""
-    if n < 1:
-        raise InputError(f"--trials {n}: must be at least 1")
+    if trials < 1:
+        raise InputError(f"{trials}: must be at least 1", param="trials")
     dims = [d for d in space if modalities is None or not any(
         d.field.endswith(f"_{m}") for m in {"audio", "text", "video"} - set(modalities))]
     rng = np.random.default_rng(search_seed)
     settings, seen = [], set()
-    for _ in range(n * 100):
+    for _ in range(trials * 100):
         s = {d.field: d.draw(rng) for d in dims}
         key = tuple(sorted(s.items()))
         if key not in seen:
             seen.add(key)
             settings.append(s)
-        if len(settings) == n:
+        if len(settings) == trials:
             return settings
-    raise InputError(f"--trials {n}: the search space has fewer distinct recipes")
+    raise InputError(f"{trials}: the search space has fewer distinct recipes", param="trials")
 
 
 def best_trials(rows: list[tuple[dict, dict]], k: int = 1) -> list[int]:

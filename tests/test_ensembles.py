@@ -224,7 +224,7 @@ def test_where_filter(run):
         filter_members(members, "wramup == 30")
     for bad in ("warmup in 30", "seed = 1", "seed == 1 or fold == 2", "warmup ==",
                 "__import__('os')", "preset < robust"):
-        with pytest.raises(InputError, match="--where"):
+        with pytest.raises(InputError, match="^where "):
             filter_members(members, bad)
     with pytest.raises(InputError, match="keeps none"):
         load_members(run, "seed == 9")

@@ -218,7 +218,8 @@ def test_through_ray_a_bad_store_is_the_drivers_exit_2_before_ray_starts(store, 
 
 def test_run_options_are_checked_by_the_library_naming_them_as_called(good_store, tmp_path):
     """One rule per run option (runs.preflight.check_options): the Python API names the
-    parameter, the CLI its flag; nothing is written either way."""
+    parameter, the CLI its flag (`--pack-size 0` through `mer-ray`: test_package); nothing
+    is written either way."""
     from mer_ray.runs.preflight import check_options, preflight
     from mer_ray.train.presets import get_preset
 
@@ -226,8 +227,9 @@ def test_run_options_are_checked_by_the_library_naming_them_as_called(good_store
         preflight(str(good_store), [get_preset("baseline")], [0], str(tmp_path / "run"),
                   pack_size=0)
     assert not (tmp_path / "run").exists()
-    with pytest.raises(InputError, match=r"^--workers 0: must be at least 1"):
-        check_options({"workers": "--workers"}, workers=0)
+    with pytest.raises(InputError, match=r"^workers 0: must be at least 1") as caught:
+        check_options(workers=0)
+    assert caught.value.named({"workers": "--workers"}) == "--workers 0: must be at least 1"
     with pytest.raises(InputError, match=r"^gpus_per_worker 65: must be in \[0, 64\]"):
         check_options(gpus_per_worker=65.0)
     check_options(pack_size=1, workers=None, gpus_per_worker=0.5, log_every=1, wait_s=1.0)

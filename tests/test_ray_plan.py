@@ -41,7 +41,7 @@ def test_gpu_workers_are_bounded_by_cpus():
     assert plan.resources == {"GPU": 0.25, "CPU": 0.6666}
     # --workers: as many trials at once as CPUs and GPUs allow
     assert plan_workers(4, 0.1, 3, node(8, 10)).concurrency == 2
-    with pytest.raises(InputError, match="--workers 4 needs 4 x \\(0.1 GPU \\+ 1 CPU\\)"):
+    with pytest.raises(InputError, match="^workers 4 needs 4 x \\(0.1 GPU \\+ 1 CPU\\)"):
         plan_workers(4, 0.1, 3, node(8, 3))
     with pytest.raises(InputError, match="no CPU"):
         plan_workers(None, 0.5, 1, {"GPU": 1.0})

@@ -10,6 +10,7 @@ from ensembles.cli import add_ensemble_parser, add_report_parser
 from mer_ray.bench import add_parser as add_bench_parser
 from mer_ray.cli.data import add_data_parser
 from mer_ray.cli.demo import add_demo_parser
+from mer_ray.cli.options import flag_names
 from mer_ray.cli.predict import add_predict_parser
 from mer_ray.cli.selftrain import add_selftrain_parser
 from mer_ray.cli.status import add_status_parser
@@ -35,10 +36,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
         args.func(args)
-    except (InputError, StorageError, RunStopped) as e:
+    except InputError as e:  # named as the command line names it: --scale, not scale
+        print(f"mer-ray: error: {e.named(flag_names(parser))}", file=sys.stderr)
+        return e.exit_code
+    except (StorageError, RunStopped) as e:
         print(f"mer-ray: error: {e}", file=sys.stderr)
         return e.exit_code
     except BrokenPipeError:

@@ -12,10 +12,9 @@ from mer_ray.runs.preflight import check_options
 from mer_ray.train.presets import PRESETS
 
 DEFAULT_PRESET = "robust_v3"
-# How the CLI calls the run options whose rules live in mer_ray.runs.preflight.
-RUN_FLAGS = {"pack_size": "--pack-size", "workers": "--workers",
-             "gpus_per_worker": "--gpus-per-worker", "log_every": "--log-every",
-             "wait_s": "--wait-for-capacity"}
+# Parameters the library names differently from the flag that sets them (the rest are
+# each flag's argparse dest: --pack-size sets pack_size).
+FLAG_OF = {"wait_s": "--wait-for-capacity", "prior_splits": "--prior-split"}
 
 
 def location(text: str) -> str:
@@ -91,8 +90,23 @@ def add_run_args(parser, tune: bool = True) -> None:
 
 
 # ---------------------------------------------------------------- reading them
+def flag_names(parser) -> dict[str, str]:
+    """parameter -> the flag that sets it, over every command of `parser` (argparse dests,
+    then FLAG_OF): what InputError.named needs to speak the command line's language."""
+    names = {}
+    for action in parser._actions:
+        flags = [s for s in action.option_strings if s.startswith("--")]
+        if flags:
+            names.setdefault(action.dest, flags[-1])
+        for sub in (action.choices or {}).values() if isinstance(action.choices, dict) else ():
+            if isinstance(sub, argparse.ArgumentParser):
+                for dest, flag in flag_names(sub).items():
+                    names.setdefault(dest, flag)
+    return {**names, **FLAG_OF}
+
+
 def check_run_args(args) -> None:
-    check_options(RUN_FLAGS, pack_size=args.pack_size, workers=args.workers,
+    check_options(pack_size=args.pack_size, workers=args.workers,
                   gpus_per_worker=args.gpus_per_worker, log_every=args.log_every,
                   wait_s=args.wait_for_capacity)
 

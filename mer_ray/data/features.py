@@ -34,11 +34,11 @@ def feature_folders(audio, text, video) -> dict[str, list[str]]:
         if names == ["none"]:
             continue
         if not names:
-            raise InputError(f"--{m}: give a feature folder name (or 'none' to leave the "
-                             "modality out)")
+            raise InputError(": give a feature folder name (or 'none' to leave the "
+                             "modality out)", param=m)
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
-            raise InputError(f"--{m}: feature {', '.join(dup)} named twice")
+            raise InputError(f": feature {', '.join(dup)} named twice", param=m)
         out[m] = names
     if not out:
         raise InputError("every modality is 'none'; at least one is needed")

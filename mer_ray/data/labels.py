@@ -207,7 +207,7 @@ def choose_classes(rows: list[LabelRow], classes=None, log=print) -> tuple[str, 
         classes = tuple(c.strip() for c in classes)
         dup = sorted({c for c in classes if classes.count(c) > 1})
         if dup:
-            raise InputError(f"--classes: {', '.join(dup)} listed twice")
+            raise InputError(f": {', '.join(dup)} listed twice", param="classes")
         return classes
     mer = [f for f in found if f in MER_CLASSES]
     if len(mer) == len(found):

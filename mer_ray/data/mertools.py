@@ -123,10 +123,10 @@ def _label_splits(rows: list[LabelRow], labels, unlabelled, log) -> list[Split]:
     order = [TRAIN] + [s for s in order if s != TRAIN]
     unknown = sorted(set(unlabelled) - set(order))
     if unknown:
-        raise InputError(f"--unlabelled {', '.join(unknown)}: no such split in the labels "
-                         f"(splits: {', '.join(order)})")
+        raise InputError(f"{', '.join(unknown)}: no such split in the labels "
+                         f"(splits: {', '.join(order)})", param="unlabelled")
     if TRAIN in unlabelled:
-        raise InputError("--unlabelled train: the train split must be labelled")
+        raise InputError("train: the train split must be labelled", param="unlabelled")
 
     by_split = {s: [r for r in rows if r.split == s] for s in order}
     placeholder = [s for s in order if s != TRAIN and s not in unlabelled and all(
@@ -172,8 +172,8 @@ def _add_unlabelled(samples: _Samples, splits: list[Split], first: Path, candida
             raise InputError(f"{flag} {name}: the labels already have a split of that name; "
                              "choose another name")
     if pool_split is not None and pool_split == unlabelled_split and cand is None:
-        raise InputError(f"--pool-split {pool_split}: the same name as --unlabelled-split; "
-                         "choose another name")
+        raise InputError(f"{pool_split}: the same name as --unlabelled-split; "
+                         "choose another name", param="pool_split")
     if cand is None and not keep_unlabelled and pool_split is None:
         extra = sum(1 for e in os.scandir(first)
                     if e.name.endswith(".npy") and e.name[:-4] not in samples.listed)

@@ -106,7 +106,7 @@ class Synthetic(NamedTuple):
 
 def spec_of(dataset: str) -> SynthSpec:
     if dataset not in SPECS:
-        raise InputError(f"--dataset {dataset!r}: choose one of {', '.join(SPECS)}")
+        raise InputError(f"{dataset!r}: choose one of {', '.join(SPECS)}", param="dataset")
     return SPECS[dataset]
 
 
@@ -226,19 +226,19 @@ def planned_counts(scale: float = 1.0, dataset: str = "mer2023", pool: int | Non
     the extra stream: a --test-prior split's replacement and the pool). Every check of
     the options happens here."""
     if not (0 < scale <= 1.0):
-        raise InputError(f"--scale {scale}: expected a fraction in (0, 1]")
+        raise InputError(f"{scale}: expected a fraction in (0, 1]", param="scale")
     spec = spec_of(dataset)
     if pool is None:
         pool = round(spec.pool * scale)
     if isinstance(pool, bool) or not isinstance(pool, int) or not 0 <= pool <= 10_000_000:
-        raise InputError(f"--pool {pool!r}: expected a number of samples in [0, 10000000]")
+        raise InputError(f"{pool!r}: expected a number of samples in [0, 10000000]", param="pool")
     counts = split_counts(scale, dataset)
     extra_counts = {}
     if test_prior is not None:
         target = spec.dataset.unlabelled_splits
         if len(target) != 1:
-            raise InputError(f"--test-prior: {dataset} has no unlabelled test split "
-                             "(choose --dataset mer2024, mer2025 or toy4)")
+            raise InputError(f": {dataset} has no unlabelled test split "
+                             "(choose --dataset mer2024, mer2025 or toy4)", param="test_prior")
         prior = check_prior(test_prior, spec.dataset.classes)
         extra_counts[target[0]] = prior_counts(prior, sum(counts[target[0]]))
     if pool:

@@ -79,10 +79,10 @@ def plan_workers(workers: int | None, gpus_per_worker: float, n_trials: int = 1,
     if workers:
         if slots < workers:
             short = ", ".join(f"{have[u]:g} {u}" for u in need)
-            raise InputError(f"--workers {workers} needs {workers} x ({what}), each on one "
+            raise InputError(f"{workers} needs {workers} x ({what}), each on one "
                              f"node, but the cluster's {len(nodes)} node(s) hold {slots} "
                              f"({short} in all); lower --workers"
-                             + (" or --gpus-per-worker" if gpu else ""))
+                             + (" or --gpus-per-worker" if gpu else ""), param="workers")
         return Plan(workers, max(1, min(n_trials, slots // workers)), need)
     workers = max(1, slots // n_trials)
     requests = n_trials * workers

@@ -37,13 +37,13 @@ OPTION_RULES = {
 }
 
 
-def check_options(names: dict | None = None, **options) -> None:
-    """Check run options against OPTION_RULES; a message names each option as the caller
-    calls it (`names`, e.g. {"pack_size": "--pack-size"}; default the parameter's name)."""
+def check_options(**options) -> None:
+    """Check run options against OPTION_RULES; an InputError names the option as its
+    caller calls it (mer_ray.errors.InputError.named)."""
     for option, value in options.items():
         test, expected = OPTION_RULES[option]
         if not test(value):
-            raise InputError(f"{(names or {}).get(option, option)} {value:g}: {expected}")
+            raise InputError(f"{value:g}: {expected}", param=option)
 
 
 @dataclass
@@ -57,14 +57,14 @@ def check_seeds(seeds) -> tuple[list[int], list[str]]:
     out, notes = [], []
     for s in seeds:
         if isinstance(s, bool) or not isinstance(s, int) or not SEED_RANGE[0] <= s <= SEED_RANGE[1]:
-            raise InputError(f"--seeds {s!r}: expected integers in [{SEED_RANGE[0]}, "
-                             f"{SEED_RANGE[1]}]")
+            raise InputError(f"{s!r}: expected integers in [{SEED_RANGE[0]}, "
+                             f"{SEED_RANGE[1]}]", param="seeds")
         if s in out:
             notes.append(f"seed {s} given twice; it is trained once")
             continue
         out.append(s)
     if not out:
-        raise InputError("--seeds: give at least one seed")
+        raise InputError(": give at least one seed", param="seeds")
     return out, notes
 
 
@@ -75,8 +75,8 @@ def check_out(out: str, store_location: str, overwrite: bool) -> list[str]:
     if not is_uri(out) and not is_uri(store_location):
         a, s = os.path.realpath(out), os.path.realpath(store_location)
         if a == s or a.startswith(s.rstrip(os.sep) + os.sep):
-            raise InputError(f"--out {out} is the feature store's folder (or inside it); "
-                             "choose a folder of its own for the run")
+            raise InputError(f"{out} is the feature store's folder (or inside it); "
+                             "choose a folder of its own for the run", param="out")
     kind = file_type(out)
     if kind.name == "NotFound":
         return []
@@ -86,9 +86,9 @@ def check_out(out: str, store_location: str, overwrite: bool) -> list[str]:
     entries = {i.base_name for i in fs.get_file_info(pafs.FileSelector(path))}
     foreign = sorted(e for e in entries - RUN_ENTRIES if not e.startswith("."))
     if foreign and not overwrite:
-        raise InputError(f"--out {out} holds {', '.join(foreign[:3])}"
+        raise InputError(f"{out} holds {', '.join(foreign[:3])}"
                          f"{' ...' if len(foreign) > 3 else ''}, which is not a mer-ray run; "
-                         "choose an empty or new folder, or pass --overwrite to replace it")
+                         "choose an empty or new folder, or pass --overwrite to replace it", param="out")
     if foreign and overwrite:
         return [f"--overwrite: {out} will be replaced"]
     return []
@@ -183,9 +183,9 @@ def preflight(store_location: str, configs, seeds, out: str, pack_size: int = 10
         known = read_run(out).get("store_content_hash") if file_type(out).name != "NotFound" \
             else None
         if known and known != store.content_hash:
-            raise InputError(f"--out {out} holds members trained on another store (content "
+            raise InputError(f"{out} holds members trained on another store (content "
                              f"hash {known[:16]}, not {store.content_hash[:16]}); choose "
-                             "another --out")
+                             "another --out", param="out")
     for n in dict.fromkeys(notes):
         log(f"note: {n}")
     return Preflight(store, seeds, list(dict.fromkeys(notes)))

@@ -86,7 +86,7 @@ def selftrain(store_location: str, out: str, config, settings: list[dict], seeds
     train every round even where the out-of-fold score did not improve (to see them all;
     the round chosen is still the best on out-of-fold)."""
     if isinstance(rounds, bool) or not isinstance(rounds, int) or not 1 <= rounds <= 100:
-        raise InputError(f"--rounds {rounds!r}: expected an integer in [1, 100]")
+        raise InputError(f"{rounds!r}: expected an integer in [1, 100]", param="rounds")
     chains = [config.replace(**s) for s in settings]
     every = [round_config(c, r, selection) for c in chains for r in range(rounds + 1)]
     local = training.no_ray or not address

@@ -59,50 +59,50 @@ def read_recipe(location: str):
         with storage_errors(location, "reading"):
             raw = read_bytes(location)
     except FileNotFoundError:
-        raise InputError(f"--recipe {location}: no such file") from None
+        raise InputError(f"{location}: no such file", param="recipe") from None
     try:
         info = yaml.safe_load(raw.decode())
     except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise InputError(f"--recipe {location}: not valid YAML ({str(e).splitlines()[0]})") \
+        raise InputError(f"{location}: not valid YAML ({str(e).splitlines()[0]})", param="recipe") \
             from None
     if not isinstance(info, dict):
-        raise InputError(f"--recipe {location}: expected a mapping with keys "
-                         f"{', '.join(KEYS)}")
+        raise InputError(f"{location}: expected a mapping with keys "
+                         f"{', '.join(KEYS)}", param="recipe")
     unknown = sorted(set(map(str, info)) - set(KEYS))
     if unknown:
-        raise InputError(f"--recipe {location}: unknown key(s) {', '.join(unknown)}; a recipe "
-                         f"file has {', '.join(KEYS)}")
+        raise InputError(f"{location}: unknown key(s) {', '.join(unknown)}; a recipe "
+                         f"file has {', '.join(KEYS)}", param="recipe")
     fmt = info.get("format")
     if fmt != FORMAT:
         newer = isinstance(fmt, str) and fmt.startswith("mer-ray-recipe/")
-        raise InputError(f"--recipe {location}: format {fmt!r}, expected {FORMAT!r}"
+        raise InputError(f"{location}: format {fmt!r}, expected {FORMAT!r}"
                          + ("; it was written by a newer mer-ray: upgrade to read it"
-                            if newer else ""))
+                            if newer else ""), param="recipe")
     base = info.get("base")
     if base not in PRESETS:
-        raise InputError(f"--recipe {location}: base {base!r} is not a preset; choose one of "
-                         f"{', '.join(PRESETS)}")
+        raise InputError(f"{location}: base {base!r} is not a preset; choose one of "
+                         f"{', '.join(PRESETS)}", param="recipe")
     fields = info.get("fields") or {}
     if not isinstance(fields, dict):
-        raise InputError(f"--recipe {location}: fields must be a mapping of field: value")
+        raise InputError(f"{location}: fields must be a mapping of field: value", param="recipe")
     config = PRESETS[base]
     changes = {}
     for key, value in fields.items():
         key = str(key)
-        where = f"--recipe {location}: field {key}"
-        if key not in RULES or key == "preset":
-            field_value(key, "", where)  # the unknown-field message, naming them all
+        where = f"{location}: field {key}"
         try:
+            if key not in RULES or key == "preset":
+                field_value(key, "", where)  # the unknown-field message, naming them all
             changes[key] = (field_value(key, value, where) if isinstance(value, str)
                             else check_field(key, value))
         except InputError as e:
-            raise InputError(f"{where}: {e}" if not str(e).startswith("--recipe") else str(e)) \
-                from None
+            raise InputError(str(e) if str(e).startswith(where) else f"{where}: {e}",
+                             param="recipe") from None
     name = info.get("name", base)
     try:
         config = config.replace(**changes, preset=check_field("preset", name))
     except InputError as e:
-        raise InputError(f"--recipe {location}: name: {e}") from None
+        raise InputError(f"{location}: name: {e}", param="recipe") from None
     return config, info
 
 
