@@ -93,6 +93,36 @@ def summary(f1: dict, best: dict, seeds) -> dict:
     return out
 
 
+def print_result(result: dict, watch) -> None:
+    """The figures of parity.json as markdown rows and lines."""
+    print(f"scale {result['scale']}, {result['epochs']} epochs, {len(result['members'])} "
+          "members per run; seconds "
+          + ", ".join(f"{run} {s:.0f}" for run, s in result["seconds"].items()))
+    print("| run | seed | " + " | ".join(SPLITS) + " |")
+    print("|---|---|" + "---|" * len(SPLITS))
+    for run in RUNS:
+        for seed in result['seeds']:
+            print(f"| {run} | {seed} | "
+                  + " | ".join(f"{result['f1'][run][seed][s]:.4f}" for s in SPLITS) + " |")
+        print(f"| {run}, mean | | "
+              + " | ".join(f"{result['mean'][run][s]:.4f}" for s in SPLITS) + " |")
+    for run in RUNS:
+        print(f"seed sd, {run}: "
+              + ", ".join(f"{s} {result['sd'][run][s]:.3f}" for s in SPLITS))
+    for a, b in PAIRS:
+        name = f"{a} - {b}"
+        diff, per_seed = result["mean_difference_pt"][name], result["per_seed_pt"][name]
+        same, total = result["same_best"][name]
+        print(f"{name}: means " + ", ".join(f"{s} {diff[s]:+.2f}" for s in SPLITS)
+              + f" pt; per seed and split |difference| mean {per_seed['mean_abs']:.1f} pt, "
+              f"largest {per_seed['max_abs']:.1f} pt ({per_seed['max_at']}); "
+              f"same best epoch {same} of {total}")
+    if watch:
+        print(f"largest weight difference, member (fold {watch[0]}, seed {watch[1]}):")
+        for pair, by_epoch in result["trace"]["largest_weight_difference"].items():
+            print(f"  {pair}: " + ", ".join(f"{e}: {v:.1e}" for e, v in by_epoch.items()))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("scale", type=float, help="fraction of MER2023's sample counts (0.2: "
@@ -118,6 +148,7 @@ def main() -> int:
     from mer_ray.train.folds import make_folds
     from mer_ray.train.presets import get_preset
     from mer_ray.train.reference import train_member
+    from mer_ray.train.train_data import TrainData
 
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -126,7 +157,7 @@ def main() -> int:
     config = get_preset("baseline").replace(epochs=args.epochs)
     n_folds = config.n_folds
     specs = [(fold, seed) for seed in seeds for fold in range(n_folds)]
-    data = T.TrainData(store, config, "cpu")
+    data = TrainData(store, config, "cpu")
     folds = make_folds(store.emotion[data.train_rows], n_folds, config.fold_seed)
     traced = {run: {} for run in RUNS}  # run -> epoch -> weights in the pack's layout
     watch = tuple(args.trace) if args.trace else None
@@ -184,31 +215,7 @@ def main() -> int:
             for a, b in PAIRS}}
     (args.out / "parity.json").write_text(json.dumps(result, indent=1) + "\n")
 
-    print(f"scale {args.scale}, {args.epochs} epochs, {len(specs)} members per run; seconds "
-          + ", ".join(f"{run} {s:.0f}" for run, s in seconds.items()))
-    print("| run | seed | " + " | ".join(SPLITS) + " |")
-    print("|---|---|" + "---|" * len(SPLITS))
-    for run in RUNS:
-        for seed in seeds:
-            print(f"| {run} | {seed} | "
-                  + " | ".join(f"{f1[run][seed][s]:.4f}" for s in SPLITS) + " |")
-        print(f"| {run}, mean | | "
-              + " | ".join(f"{result['mean'][run][s]:.4f}" for s in SPLITS) + " |")
-    for run in RUNS:
-        print(f"seed sd, {run}: "
-              + ", ".join(f"{s} {result['sd'][run][s]:.3f}" for s in SPLITS))
-    for a, b in PAIRS:
-        name = f"{a} - {b}"
-        diff, per_seed = result["mean_difference_pt"][name], result["per_seed_pt"][name]
-        same, total = result["same_best"][name]
-        print(f"{name}: means " + ", ".join(f"{s} {diff[s]:+.2f}" for s in SPLITS)
-              + f" pt; per seed and split |difference| mean {per_seed['mean_abs']:.1f} pt, "
-              f"largest {per_seed['max_abs']:.1f} pt ({per_seed['max_at']}); "
-              f"same best epoch {same} of {total}")
-    if watch:
-        print(f"largest weight difference, member (fold {watch[0]}, seed {watch[1]}):")
-        for pair, by_epoch in result["trace"]["largest_weight_difference"].items():
-            print(f"  {pair}: " + ", ".join(f"{e}: {v:.1e}" for e, v in by_epoch.items()))
+    print_result(result, watch)
     print(f"written: {args.out / 'parity.json'}")
     return 0
 
