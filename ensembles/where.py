@@ -156,9 +156,8 @@ def member_fields(member) -> dict:
 def check_fields(clauses: list[Clause], known: set[str], text: str) -> None:
     for c in clauses:
         if c.field not in known:
-            raise InputError(
-                f"--where {text!r}: unknown field {c.field!r}; fields: {', '.join(sorted(known))}"
-            )
+            raise InputError(f"{text!r}: unknown field {c.field!r}; fields: "
+                             f"{', '.join(sorted(known))}", param="where")
         if c.op in _ORDER_OPS and not _is_number(c.value):
             raise InputError(f"{text!r}: {c.field} {c.op} needs a number, got {c.value!r}", param="where")
 

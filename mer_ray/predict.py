@@ -107,6 +107,11 @@ class Predictor:
     def from_members(cls, members, strategy: str = "mean", device: str = "cpu",
                      run: str = "") -> "Predictor":
         """Members already read (MemberResults with their weights beside them)."""
+        # as in training: weights near zero would otherwise run a CPU's denormal path
+        # (mer_ray.train.numerics); torch loads here, only when something is predicted
+        from mer_ray.train.numerics import flush_denormals
+
+        flush_denormals()
         weights = group_weights(members, strategy)
         loaded = []
         for m in members:
@@ -299,8 +304,9 @@ class Predictor:
                 for i in range(0, len(group), PACK_SIZE)]
 
     def _run_pack(self, pack: list[_Loaded], arrays, present):
-        """Every member of `pack` on every sample, evaluated exactly as training evaluated
-        it (mer_ray.train.evaluate.predict_pack): the stored logits, bit for bit."""
+        """Every member of `pack` on every sample, evaluated exactly as training evaluates
+        (mer_ray.train.evaluate.predict_pack): on a CPU the stored logits bit for bit; on a
+        GPU the pack runs batched, as training's evaluation does there."""
         import torch
 
         from mer_ray.train.evaluate import predict_pack

@@ -4,7 +4,7 @@ import sys
 
 def test_import_is_light():
     code = ("import sys, mer_ray, ensembles, mer_ray.data, mer_ray.runs.members, mer_ray.train.presets,"
-            "mer_ray.cli, mer_ray.runs.run, ensembles.score, ensembles.report, ensembles.cli;"
+            "mer_ray.cli.main, mer_ray.bench, mer_ray.runs.run, ensembles.score, ensembles.report, ensembles.cli;"
             "bad=[m for m in ('torch','ray') if m in sys.modules]; print(bad); sys.exit(bool(bad))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr

@@ -230,6 +230,6 @@ def test_run_options_are_checked_by_the_library_naming_them_as_called(good_store
     with pytest.raises(InputError, match=r"^workers 0: must be at least 1") as caught:
         check_options(workers=0)
     assert caught.value.named({"workers": "--workers"}) == "--workers 0: must be at least 1"
-    with pytest.raises(InputError, match=r"^gpus_per_worker 65: must be in \[0, 64\]"):
+    with pytest.raises(InputError, match=r"^gpus_per_worker 65.0: must be in \[0, 64\]"):
         check_options(gpus_per_worker=65.0)
     check_options(pack_size=1, workers=None, gpus_per_worker=0.5, log_every=1, wait_s=1.0)

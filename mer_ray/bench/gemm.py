@@ -10,9 +10,6 @@ from dataclasses import dataclass
 from mer_ray.bench.rows import Row, progress, sync
 from mer_ray.data.constants import MODALITIES
 
-# The trainer predicts in chunks of at most this many rows (trainer.EVAL_CHUNK); the eval
-# GEMM rate is measured at min(held-out rows, this).
-EVAL_BATCH_CAP = 1024
 
 
 @dataclass(frozen=True)
@@ -91,10 +88,13 @@ def gemm_rate(gemms, times) -> float:
 
 def measure_gemm(bench) -> list[Row]:
     """GEMM rate at the model's shapes"""
+    from mer_ray.train.evaluate import EVAL_CHUNK  # loads torch: only when measuring
+
     p = bench.profile
     shapes = bench.shapes(p.train_scale)
     bs = bench.config(1).batch_size
-    eval_batch = min(bench.fold_sizes(p.train_scale)[1], EVAL_BATCH_CAP)
+    # the trainer evaluates in chunks of at most EVAL_CHUNK rows: the eval GEMM's batch
+    eval_batch = min(bench.fold_sizes(p.train_scale)[1], EVAL_CHUNK)
     progress(f"timing {len(shapes)} layers' GEMMs at batch {bs} (train) and {eval_batch} "
              f"(eval), best of {p.gemm_rounds} rounds")
     train, evals = train_gemms(shapes, bs), eval_gemms(shapes, eval_batch)

@@ -11,7 +11,7 @@ from mer_ray.bench.gemm import first_layers
 from mer_ray.bench.rows import Row, ms, progress, ratio, sync
 from mer_ray.data.constants import MER2023
 
-# Forward passes per predicted sample at the end of a member: unmasked + members.MASKS (6).
+# Forward passes per predicted sample at the end of a member: unmasked + train.result.MASKS (6).
 PREDICTION_VARIANTS = 7
 
 

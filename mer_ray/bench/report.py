@@ -173,7 +173,7 @@ def run_bench(profile: Profile, device: str = "cpu", json_path=None, workdir=Non
     optionally write JSON. A measurement that fails is reported (row value n/a,
     `failures` in the JSON) and the others still run."""
     # before any torch thread exists: the trainer flushes denormals, and threads only
-    # inherit that when created after it (see trainer.flush_denormals)
+    # inherit that when created after it (see mer_ray.train.numerics.flush_denormals)
     import mer_ray.train.trainer  # noqa: F401
 
     out = out or sys.stdout

@@ -167,10 +167,10 @@ def _add_unlabelled(samples: _Samples, splits: list[Split], first: Path, candida
     appended to `samples` and `splits`."""
     cand = candidate_names(candidates) if candidates else None
     order = [s.name for s in splits]
-    for flag, name in (("--unlabelled-split", unlabelled_split), ("--pool-split", pool_split)):
+    for param, name in (("unlabelled_split", unlabelled_split), ("pool_split", pool_split)):
         if name is not None and name in order:
-            raise InputError(f"{flag} {name}: the labels already have a split of that name; "
-                             "choose another name")
+            raise InputError(f"{name}: the labels already have a split of that name; "
+                             "choose another name", param=param)
     if pool_split is not None and pool_split == unlabelled_split and cand is None:
         raise InputError(f"{pool_split}: the same name as --unlabelled-split; "
                          "choose another name", param="pool_split")

@@ -43,7 +43,8 @@ def check_options(**options) -> None:
     for option, value in options.items():
         test, expected = OPTION_RULES[option]
         if not test(value):
-            raise InputError(f"{value:g}: {expected}", param=option)
+            shown = f"{value:g}" if option == "wait_s" else value  # 300.0 s reads 300
+            raise InputError(f"{shown}: {expected}", param=option)
 
 
 @dataclass

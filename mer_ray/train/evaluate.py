@@ -22,6 +22,9 @@ def predict_pack(params: dict, x: dict, rows: list[np.ndarray], mask=None):
     Returns [(logits [n_k, C], valence [n_k] or None)] as numpy."""
     k = len(rows)
     n_max = max(len(r) for r in rows)
+    if n_max == 0:  # nothing to predict (an empty split): empty arrays of the right width
+        valence = np.zeros(0, np.float32) if "valence.W" in params else None
+        return [(np.zeros((0, params["emotion.W"].shape[-1]), np.float32), valence)] * k
     out_l = [[] for _ in range(k)]
     out_v = [[] for _ in range(k)]
     dev = next(iter(params.values())).device

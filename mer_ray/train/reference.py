@@ -103,7 +103,7 @@ def train_member(store, config, fold: int, seed: int, device="cpu", random=None,
     """Train member (fold, seed) of `config` the way trainer.train_pack trains it in a
     pack, in plain PyTorch. `random`: where masks and noise come from (default
     MemberRandom, the pack's own draws); `on_epoch(epoch, model, optimizer)` runs after
-    every epoch; `data` (trainer.TrainData) may be shared between members. float32
+    every epoch; `data` (train_data.TrainData) may be shared between members. float32
     only (`config.precision` is the pack's), and no guard for a diverging member."""
     data = data or TrainData(store, config, device)
     shape, batch_size = data.shape, config.batch_size
