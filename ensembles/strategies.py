@@ -222,12 +222,22 @@ def fit_greedy(oof: list[SplitPredictions], rounds: int = GREEDY_ROUNDS) -> np.n
     return counts / counts.sum()
 
 
+def check_strategy(strategy: str) -> None:
+    if strategy not in STRATEGIES:
+        raise InputError(f"{strategy!r}: choose one of {', '.join(STRATEGIES)}",
+                         param="strategy")
+
+
+def _kind(strategy: str) -> str:
+    """What a strategy averages: probabilities (prob) or logits (the others)."""
+    return "prob" if strategy == "prob" else "logits"
+
+
 def group_weights(members, strategy: str = "mean") -> dict[str, float]:
     """group label -> weight, as `combine` would give the groups of these members:
     fitted on their stored out-of-fold predictions (weighted, greedy) or uniform, which
     needs no prediction read."""
-    if strategy not in STRATEGIES:
-        raise InputError(f"{strategy!r}: choose one of {', '.join(STRATEGIES)}", param="strategy")
+    check_strategy(strategy)
     if strategy in ("weighted", "greedy"):
         groups = make_groups(members)
         return {g.label: float(w) for g, w in zip(groups, combine(groups, strategy).weights)}
@@ -246,14 +256,12 @@ def mix_groups(groups: list[tuple[float, list[tuple]]], strategy: str = "mean"):
         logits.append(np.mean([lg for lg, _ in outputs], axis=0))
         has_valence = outputs[0][1] is not None
         valences.append(np.mean([v for _, v in outputs], axis=0) if has_valence else None)
-    kind = "prob" if strategy == "prob" else "logits"
-    return _mix_logits(logits, weights, kind), _mix_valence(valences, weights)
+    return _mix_logits(logits, weights, _kind(strategy)), _mix_valence(valences, weights)
 
 
 def combine(groups: list[Group], strategy: str = "mean") -> Ensemble:
     """Weights per group and the combined predictions of every split."""
-    if strategy not in STRATEGIES:
-        raise InputError(f"{strategy!r}: choose one of {', '.join(STRATEGIES)}", param="strategy")
+    check_strategy(strategy)
     if not groups:
         raise InputError("no group to combine")
     parts, notes = align(groups)
@@ -266,6 +274,5 @@ def combine(groups: list[Group], strategy: str = "mean") -> Ensemble:
     if strategy in ("weighted", "greedy"):
         notes.append(f"{strategy} weights are fitted on the out-of-fold predictions, so the "
                      "cv row is optimistic; judge it by the test splits")
-    kind = "prob" if strategy == "prob" else "logits"
-    predictions = {split: mix(p, weights, kind) for split, p in parts.items()}
+    predictions = {split: mix(p, weights, _kind(strategy)) for split, p in parts.items()}
     return Ensemble(strategy, list(groups), weights, predictions, notes)

@@ -111,6 +111,25 @@ def test_python_api(trained):
     assert again.probabilities.shape == (3, 6)
 
 
+
+def test_predict_runs_with_denormals_flushed_as_training_does(trained):
+    """A fresh process that only predicts (it never imports the trainer) flushes
+    denormals before the first forward pass, as training does: otherwise weights near
+    zero take the CPU's slow denormal path and the logits could differ from the stored."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch\n"
+            "from mer_ray.predict import Predictor\n"
+            "assert (torch.tensor([1e-39]) * 1.0).item() != 0.0  # not flushed yet\n"
+            f"Predictor.load({str(trained[2])!r}, where='seed == 1')\n"
+            "assert 'mer_ray.train.trainer' not in sys.modules\n"
+            "print((torch.tensor([1e-39]) * 1.0).item())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["0.0"]
+
+
 # ---- bad input: exit 2, named, nothing written ----------------------------------------
 
 def features_copy(tree, tmp_path):

@@ -7,9 +7,12 @@ from __future__ import annotations
 import argparse
 import sys
 
+from mer_ray.data.manifest import read_manifest
 from mer_ray.errors import InputError
 from mer_ray.runs.preflight import check_options
-from mer_ray.train.presets import PRESETS
+from mer_ray.runs.run import grid_settings
+from mer_ray.train.presets import PRESETS, field_value, get_preset, parse_override
+from mer_ray.train.recipes import read_recipe, store_warning
 
 DEFAULT_PRESET = "robust_v3"
 # Parameters the library names differently from the flag that sets them (the rest are
@@ -98,9 +101,9 @@ def flag_names(parser) -> dict[str, str]:
         flags = [s for s in action.option_strings if s.startswith("--")]
         if flags:
             names.setdefault(action.dest, flags[-1])
-        for sub in (action.choices or {}).values() if isinstance(action.choices, dict) else ():
-            if isinstance(sub, argparse.ArgumentParser):
-                for dest, flag in flag_names(sub).items():
+        if isinstance(action, argparse._SubParsersAction):
+            for command in action.choices.values():
+                for dest, flag in flag_names(command).items():
                     names.setdefault(dest, flag)
     return {**names, **FLAG_OF}
 
@@ -113,10 +116,6 @@ def check_run_args(args) -> None:
 
 def recipe_of(args):
     """--preset or --recipe FILE, then every --set."""
-    from mer_ray.data.manifest import read_manifest
-    from mer_ray.train.presets import get_preset, parse_override
-    from mer_ray.train.recipes import read_recipe, store_warning
-
     if getattr(args, "recipe", None):
         if args.preset is not None:
             raise InputError("give --preset or --recipe, not both")
@@ -136,9 +135,6 @@ def recipe_of(args):
 
 def grid_of(args) -> list[dict]:
     """The settings --warmup and --grid span (one empty setting without them)."""
-    from mer_ray.runs.run import grid_settings
-    from mer_ray.train.presets import field_value
-
     grid = {}
     if getattr(args, "warmup", None):
         grid["warmup"] = [field_value("warmup", str(w), f"--warmup {w}") for w in args.warmup]
